@@ -1,0 +1,27 @@
+"""distill: turn a pretrained diffusion model into a fast flow-map generator.
+
+Canonical convention (DESIGN.md §2): ``x_t = (1 - t) x_data + t noise``; t = 0 is data, t = 1 is noise.
+Importing this package is light: diffusers, accelerate, peft and onnx load only inside the functions using them.
+"""
+
+from __future__ import annotations
+
+from . import conventions, solvers, teachers
+from .solvers import sample, solve, time_grid
+from .teachers import GaussianMixtureTeacher, GuidedTeacher, ModuleTeacher, Teacher, load_teacher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianMixtureTeacher",
+    "GuidedTeacher",
+    "ModuleTeacher",
+    "Teacher",
+    "conventions",
+    "load_teacher",
+    "sample",
+    "solve",
+    "solvers",
+    "teachers",
+    "time_grid",
+]

@@ -1,0 +1,201 @@
+"""ODE solvers for velocity fields and the time grids they run on, all in canonical time (DESIGN.md §2).
+
+Generation integrates ``dx/dt = v(x, t)`` from ``t_max`` down to ``t = 0``. A grid is a 1-D float64 tensor of
+decreasing canonical times ending at the final time (usually 0). A solver has one signature:
+``solver(velocity, x, times) -> x`` where ``velocity(x, t_scalar) -> v``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .conventions import F64, half_log_snr, karras_sigmas_grid
+
+Velocity = Callable[[Tensor, float], Tensor]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Solvers
+# ------------------------------------------------------------------------------------------------------------
+def euler(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
+    """First-order Euler: ``x <- x + (t_next - t) v(x, t)``. One evaluation per step."""
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+        x = x + (t_next - t) * velocity(x, t)
+    return x
+
+
+def heun(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step into ``t = 0`` is Euler.
+
+    Two evaluations per step, one on the last step if it ends at 0.
+    """
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+        h = t_next - t
+        v = velocity(x, t)
+        x_euler = x + h * v
+        x = x_euler if t_next == 0 else x + 0.5 * h * (v + velocity(x_euler, t_next))
+    return x
+
+
+def dpmpp2m(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2, midpoint form as in diffusers) in the half log-SNR
+    ``lambda = log((1 - t) / t)`` of the canonical path, with the data prediction ``x_data = x - t v``.
+
+    The canonical path has ``alpha = 1 - t`` and ``sigma = t``; the update
+    ``x_next = (t_next / t) x - (1 - t_next) (exp(-h) - 1) D`` is invariant to rescaling the path, so it equals the
+    solver run on any native path of the same SNR. The first step and a step into ``t = 0`` are first order.
+    """
+    lam = half_log_snr(times)
+    previous = None  # (data prediction, lambda) of the previous step
+    for i, (t, t_next) in enumerate(zip(times[:-1].tolist(), times[1:].tolist())):
+        x_data = x - t * velocity(x, t)
+        # exp(-h) = exp(lambda_t - lambda_next) = (1 - t) t_next / (t (1 - t_next)), finite at t = 1 and t_next = 0.
+        exp_neg_h = ((1 - t) * t_next) / (t * (1 - t_next))
+        d = x_data
+        if previous is not None and t_next > 0:
+            h = float(lam[i + 1] - lam[i])
+            h_prev = float(lam[i] - previous[1])
+            d = x_data + (0.5 * h / h_prev) * (x_data - previous[0])  # D0 + D1/2 with D1 = (m0 - m1) / r0
+        x = (t_next / t) * x - (1 - t_next) * (exp_neg_h - 1) * d
+        previous = (x_data, lam[i])
+    return x
+
+
+SOLVERS: dict[str, Callable[[Velocity, Tensor, Tensor], Tensor]] = {"euler": euler, "heun": heun, "dpmpp2m": dpmpp2m}
+SOLVER_ORDER = {"euler": 1, "heun": 2, "dpmpp2m": 2}
+
+
+def get_solver(name: str) -> Callable[[Velocity, Tensor, Tensor], Tensor]:
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; use one of {', '.join(SOLVERS)}")
+    return SOLVERS[name]
+
+
+def solver_nfe(solver: str, times: Tensor) -> int:
+    """Network evaluations a solver spends on a grid."""
+    steps = len(times) - 1
+    if solver == "heun":
+        return 2 * steps - int(float(times[-1]) == 0.0)
+    get_solver(solver)
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Time grids: decreasing float64 canonical times, first = start, last = end.
+# ------------------------------------------------------------------------------------------------------------
+def uniform_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0) -> Tensor:
+    """Equal steps in canonical time."""
+    _check_steps(steps)
+    return torch.linspace(t_start, t_end, steps + 1, dtype=F64)
+
+
+def shifted_grid(steps: int, shift: float, t_start: float = 1.0, t_end: float = 0.0) -> Tensor:
+    """Equal steps in ``u``, mapped by ``t = shift u / (1 + (shift - 1) u)`` (SD3's timestep shift; shift > 1
+    spends more steps near noise)."""
+    u = uniform_grid(steps, t_start, t_end)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def edm_grid(steps: int, t_min: float, t_max: float, rho: float = 7.0, sigma_cap: float = 80.0) -> Tensor:
+    """EDM's rho-spacing (Karras et al. 2022, eq. 5) between the VE noise levels of ``t_max`` and ``t_min``, then
+    ``t = 0``. A ``t_max`` of 1 (infinite VE sigma) starts at ``sigma_cap`` instead, as EDM does."""
+    _check_steps(steps)
+    sigma_max = sigma_cap if t_max >= 1 else min(t_max / (1 - t_max), sigma_cap)
+    sigma_min = max(t_min, 1e-6) / (1 - max(t_min, 1e-6))
+    return karras_sigmas_grid(steps, sigma_min, sigma_max, rho)
+
+
+GRIDS = ("uniform", "shifted", "edm", "trained")
+
+
+def time_grid(model, steps: int, grid: str = "uniform", **options) -> Tensor:
+    """A grid of ``steps`` steps over ``model``'s range ``[t_min, t_max]`` ending at ``t = 0``.
+
+    Args:
+        model: anything with ``t_min`` and ``t_max`` (a teacher); ``"trained"`` also needs ``training_grid``.
+        steps: number of steps.
+        grid: ``"uniform"``, ``"shifted"`` (``shift=``), ``"edm"`` (``rho=``) or ``"trained"`` (the teacher's own
+            scheduler timesteps, e.g. DDIM's spacing or the flow-matching shift).
+    """
+    _check_steps(steps)
+    if grid == "uniform":
+        return uniform_grid(steps, model.t_max)
+    if grid == "shifted":
+        return shifted_grid(steps, options.get("shift", 3.0), model.t_max)
+    if grid == "edm":
+        return edm_grid(steps, model.t_min, model.t_max, options.get("rho", 7.0))
+    if grid == "trained":
+        return model.training_grid(steps, **options)
+    raise ValueError(f"unknown time grid {grid!r}; use one of {', '.join(GRIDS)}")
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+def check_times(times: Tensor) -> Tensor:
+    """Validate a user grid: 1-D, at least two points, strictly decreasing, inside [0, 1]."""
+    times = torch.as_tensor(times, dtype=F64).cpu()
+    if times.ndim != 1 or len(times) < 2:
+        raise ValueError(f"times must be a 1-D tensor of at least 2 canonical times, got shape {list(times.shape)}")
+    if not bool((times[1:] < times[:-1]).all()):
+        raise ValueError("times must be strictly decreasing (canonical t = 1 is noise, t = 0 is data)")
+    if float(times.max()) > 1 or float(times.min()) < 0:
+        raise ValueError(f"times must lie in [0, 1], got [{float(times.min())}, {float(times.max())}]")
+    return times
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The public entry points
+# ------------------------------------------------------------------------------------------------------------
+def solve(model, x: Tensor, times: Tensor, solver: str = "euler", cond=None) -> Tensor:
+    """Integrate ``model``'s probability-flow ODE from ``x`` at ``times[0]`` to ``times[-1]``.
+
+    Args:
+        model: a velocity field with ``velocity(x, t, cond)`` (a :class:`~distill.teachers.Teacher`).
+        x: state at ``times[0]``, [B, ...].
+        times: decreasing canonical times.
+        solver: ``"euler"``, ``"heun"`` or ``"dpmpp2m"``.
+        cond: conditioning passed to every velocity call.
+    """
+    if not callable(getattr(model, "velocity", None)):
+        raise TypeError(f"{type(model).__name__} is not a velocity field: it needs a velocity(x, t, cond) method")
+    times = check_times(times)
+    step = get_solver(solver)
+    batch = x.shape[0]
+
+    def velocity(state: Tensor, t: float) -> Tensor:
+        return model.velocity(state, torch.full((batch,), t, dtype=F64, device=state.device), cond)
+
+    with torch.no_grad():
+        return step(velocity, x, times)
+
+
+def sample(
+    model,
+    noise: Tensor,
+    *,
+    steps: int | None = None,
+    times: Tensor | None = None,
+    solver: str = "euler",
+    grid: str = "uniform",
+    cond=None,
+    **grid_options,
+) -> Tensor:
+    """Generate from ``noise``: start at the grid's first time ``t_0`` from ``x = t_0 * noise`` and integrate to
+    the grid's end (``t = 0``: data).
+
+    Give either ``steps`` (a ``grid`` over the model's ``[t_min, t_max]``) or an explicit decreasing ``times``.
+
+    Returns:
+        The final state, [B, ...] like ``noise``.
+    """
+    if (steps is None) == (times is None):
+        raise ValueError("give exactly one of steps=K or times=<decreasing canonical times>")
+    times = time_grid(model, steps, grid, **grid_options) if times is None else check_times(times)
+    x = float(times[0]) * noise
+    return solve(model, x, times, solver=solver, cond=cond)

@@ -1,0 +1,115 @@
+"""The teacher contract: a velocity field in canonical time, ``velocity(x, t, cond=None)``."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+from ..conventions import F64, Parameterization
+
+
+class Teacher(nn.Module):
+    """A pretrained diffusion model seen as the canonical velocity field ``v(x, t) = E[noise - x_data | x_t = x]``.
+
+    Subclasses implement :meth:`velocity`. ``t_min``/``t_max`` bound the canonical times the model was trained on;
+    sampling starts at ``t_max`` from ``x = t_max * noise``. ``sample_shape`` is the per-example state shape when the
+    teacher knows it (``None`` otherwise).
+    """
+
+    t_min: float = 0.0
+    t_max: float = 1.0
+    sample_shape: tuple[int, ...] | None = None
+
+    @abstractmethod
+    def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
+        """Canonical velocity at ``(x, t)``.
+
+        Args:
+            x: canonical state, [B, ...].
+            t: canonical time in [0, 1], a [B] tensor or a number (broadcast).
+            cond: conditioning (class labels, encoder states, ...), or None.
+
+        Returns:
+            ``v``, shaped and typed like ``x``.
+        """
+
+    def forward(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
+        return self.velocity(x, t, cond)
+
+    def training_grid(self, steps: int, **options) -> Tensor:
+        """Canonical times of this teacher's own sampler with ``steps`` steps (see ``Schedule.training_grid``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no training-timestep grid; use grid='uniform'")
+
+    def check_inputs(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Validate ``x`` against ``sample_shape`` and return ``t`` as a float64 [B] tensor in [0, 1]."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name}.velocity: x must be a floating-point tensor [B, ...], got {type(x).__name__}")
+        self.check_state(x)
+        return as_time_batch(t, x.shape[0], name)
+
+    def check_state(self, x: Tensor) -> None:
+        """Raise a ValueError naming the expected shape when ``x`` cannot be this teacher's state."""
+        if self.sample_shape is not None and tuple(x.shape[1:]) != tuple(self.sample_shape):
+            expected = ", ".join(["B", *map(str, self.sample_shape)])
+            raise ValueError(f"{type(self).__name__}.velocity: x must have shape [{expected}], got {list(x.shape)}")
+
+
+def as_time_batch(t: Tensor | float, batch: int, owner: str = "velocity") -> Tensor:
+    """``t`` as a float64 [B] tensor, checked to lie in [0, 1]."""
+    t = torch.as_tensor(t, dtype=F64)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.ndim != 1 or t.shape[0] != batch:
+        raise ValueError(f"{owner}: t must be a number or a [B] tensor with B = {batch}, got shape {list(t.shape)}")
+    if bool(torch.isnan(t).any()) or float(t.min()) < 0 or float(t.max()) > 1:
+        raise ValueError(
+            f"{owner}: canonical t must lie in [0, 1] (0 = data, 1 = noise), got [{float(t.min())}, {float(t.max())}]"
+        )
+    return t
+
+
+class NetworkTeacher(Teacher):
+    """A network with a declared :class:`Parameterization`: ``velocity = convert(network(input(x, t), timestep))``.
+
+    Subclasses implement :meth:`call_network`, which receives the network input and its timestep (float64 [B]) and
+    returns the raw output in the input's layout.
+    """
+
+    def __init__(self, parameterization: Parameterization):
+        super().__init__()
+        self.parameterization = parameterization
+        self.t_min, self.t_max = _valid_range(parameterization)
+
+    @property
+    def schedule(self):
+        return self.parameterization.schedule
+
+    @abstractmethod
+    def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
+        """Run the network on its own input and timestep; return its raw prediction."""
+
+    def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
+        t = self.check_inputs(x, t).to(x.device)
+        x_in, timestep = self.parameterization.model_input(x, t)
+        output = self.call_network(x_in, timestep, cond).to(x.dtype)
+        return self.parameterization.velocity(output, x, t)
+
+    def training_grid(self, steps: int, **options) -> Tensor:
+        grid = self.schedule.training_grid(steps, **options)
+        return grid.clamp(max=self.t_max)
+
+
+def _valid_range(parameterization: Parameterization) -> tuple[float, float]:
+    """The schedule's trained canonical range, without an endpoint where the prediction type is undefined
+    (epsilon at alpha = 0: a zero-terminal-SNR table's last entry)."""
+    schedule = parameterization.schedule
+    t_min, t_max = schedule.t_range
+    if parameterization.prediction_type == "epsilon" and t_max >= 1.0:
+        table_times = getattr(schedule, "table_times", None)
+        if table_times is None:
+            raise ValueError("epsilon prediction is undefined at t = 1 (alpha = 0): this schedule reaches it")
+        t_max = float(table_times()[-2])
+    return t_min, t_max
