@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from . import conventions, solvers, teachers
 from .solvers import sample, solve, time_grid
-from .teachers import GaussianMixtureTeacher, GuidedTeacher, ModuleTeacher, Teacher, load_teacher
+from .teachers import (
+    DiffusersTeacher,
+    GaussianMixtureTeacher,
+    GuidedTeacher,
+    ModuleTeacher,
+    Teacher,
+    load_teacher,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiffusersTeacher",
     "GaussianMixtureTeacher",
     "GuidedTeacher",
     "ModuleTeacher",

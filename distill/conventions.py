@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -50,7 +51,7 @@ class Schedule(ABC):
     value the network is conditioned on. All inputs and outputs are float64 tensors.
     """
 
-    name: str = "schedule"
+    name: ClassVar[str] = "schedule"
 
     @abstractmethod
     def alpha_sigma(self, tau: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,7 +184,7 @@ class DiscreteVPSchedule(Schedule):
     spacing: str = "leading"
     steps_offset: int = 0
     final_alpha_one: bool = True
-    name: str = "discrete_vp"
+    name: ClassVar[str] = "discrete_vp"
 
     def __post_init__(self):
         ab = self.alphas_cumprod.to(F64)
@@ -273,7 +274,7 @@ class TrigFlowSchedule(Schedule):
 
     sigma_data: float = 1.0
     timestep_scale: float = 1.0
-    name: str = "trigflow"
+    name: ClassVar[str] = "trigflow"
 
     @property
     def tau_range(self) -> tuple[float, float]:
@@ -309,7 +310,7 @@ class VESchedule(Schedule):
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
-    name: str = "ve"
+    name: ClassVar[str] = "ve"
 
     @property
     def tau_range(self) -> tuple[float, float]:
@@ -358,7 +359,7 @@ class FlowMatchSchedule(Schedule):
     shift: float = 1.0
     num_train_timesteps: int = 1000
     use_dynamic_shifting: bool = False
-    name: str = "flow_match"
+    name: ClassVar[str] = "flow_match"
 
     @property
     def tau_range(self) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -167,3 +168,11 @@ def test_bad_grids_are_named():
         distill.sample(mixture, noise, steps=2, solver="rk45")
     with pytest.raises(ValueError, match="unknown time grid 'cosine'"):
         distill.sample(mixture, noise, steps=2, grid="cosine")
+
+
+def test_unreachable_hub_id_is_one_clear_error():
+    code = "\n".join(["import distill", "try:", "    distill.load_teacher('someone/no-such-model')",
+                      "except FileNotFoundError as error:", "    print(error)"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    message = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert "not a local folder and could not be fetched from the hub" in message

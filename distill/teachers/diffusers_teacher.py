@@ -249,13 +249,14 @@ class DiffusersTeacher(NetworkTeacher):
 
 def _scheduler_class_and_config(scheduler) -> tuple[str, dict]:
     if isinstance(scheduler, tuple) and len(scheduler) == 2 and isinstance(scheduler[1], dict):
-        return str(scheduler[0]), dict(scheduler[1])
-    config = getattr(scheduler, "config", None)
-    if config is None:
+        class_name, config = str(scheduler[0]), scheduler[1]
+    elif getattr(scheduler, "config", None) is not None:
+        class_name, config = type(scheduler).__name__, scheduler.config
+    else:
         raise TypeError(
             f"scheduler must be a diffusers scheduler or (class_name, config), got {type(scheduler).__name__}"
         )
-    return type(scheduler).__name__, {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    return class_name, {k: v for k, v in dict(config).items() if not k.startswith("_")}  # drop _diffusers_version
 
 
 DENOISER_NAMES = ("unet", "transformer")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .base import Teacher
+from .diffusers_teacher import DiffusersTeacher
 from .gaussian_mixture import GaussianMixtureTeacher
 
 
@@ -35,16 +36,12 @@ def load_teacher(source, *, torch_dtype: torch.dtype | None = None, prediction_t
     if isinstance(source, Teacher):
         return source
     if isinstance(source, tuple):
-        from .diffusers_teacher import DiffusersTeacher
-
         if len(source) != 2:
             raise ValueError("an in-memory teacher is a (model, scheduler) pair")
         return DiffusersTeacher(source[0], source[1], prediction_type)
     if isinstance(source, str) and source in BUNDLED_TEACHERS:
         return BUNDLED_TEACHERS[source]()
     if isinstance(source, (str, Path)):
-        from .diffusers_teacher import DiffusersTeacher
-
         try:
             return DiffusersTeacher.from_pretrained(source, torch_dtype=torch_dtype, prediction_type=prediction_type)
         except FileNotFoundError as error:
