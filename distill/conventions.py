@@ -105,10 +105,9 @@ class Schedule(ABC):
 
 def _per_example(coefficient: Tensor, like: Tensor) -> Tensor:
     """Reshape a [B] (or scalar) float64 coefficient to broadcast over ``like`` [B, ...] in ``like``'s dtype."""
-    coefficient = coefficient.to(device=like.device)
     if coefficient.ndim == 1:
         coefficient = coefficient.reshape(-1, *([1] * (like.ndim - 1)))
-    return coefficient.to(like.dtype)
+    return coefficient.to(like.dtype).to(like.device)  # cast first: some devices have no float64
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def solve(model, x: Tensor, times: Tensor, solver: str = "euler", cond=None) -> 
     batch = x.shape[0]
 
     def velocity(state: Tensor, t: float) -> Tensor:
-        return model.velocity(state, torch.full((batch,), t, dtype=F64, device=state.device), cond)
+        return model.velocity(state, torch.full((batch,), t, dtype=F64), cond)
 
     with torch.no_grad():
         return step(velocity, x, times)

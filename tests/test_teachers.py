@@ -176,3 +176,22 @@ def test_unreachable_hub_id_is_one_clear_error():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     message = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert "not a local folder and could not be fetched from the hub" in message
+
+
+def test_guided_teacher_with_dict_conditions():
+    """SD3-style conditioning: a dict of text states and pooled projections, each with its null counterpart."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .conftest import tiny_sd3
+
+    teacher = DiffusersTeacher(tiny_sd3(), FlowMatchEulerDiscreteScheduler(shift=3.0))
+    generator = torch.Generator().manual_seed(0)
+    cond = {"encoder_hidden_states": torch.randn(2, 3, 12, generator=generator),
+            "pooled_projections": torch.randn(2, 6, generator=generator)}
+    null = {"encoder_hidden_states": torch.zeros(1, 3, 12), "pooled_projections": torch.zeros(6)}
+    x, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([0.3, 0.8])
+    v_cond = teacher.velocity(x, t, cond)
+    v_null = teacher.velocity(x, t, {"encoder_hidden_states": torch.zeros(2, 3, 12),
+                                     "pooled_projections": torch.zeros(2, 6)})
+    guided = GuidedTeacher(teacher, guidance_scale=4.0, null_cond=null)
+    assert torch.allclose(guided.velocity(x, t, cond), v_null + 4.0 * (v_cond - v_null), atol=1e-5)

@@ -58,8 +58,8 @@ class Teacher(nn.Module):
 
 
 def as_time_batch(t: Tensor | float, batch: int, owner: str = "velocity") -> Tensor:
-    """``t`` as a float64 [B] tensor, checked to lie in [0, 1]."""
-    t = torch.as_tensor(t, dtype=F64)
+    """``t`` as a float64 [B] tensor on the CPU (where schedule tables live), checked to lie in [0, 1]."""
+    t = torch.as_tensor(t).detach().to("cpu", F64)
     if t.ndim == 0:
         t = t.expand(batch)
     if t.ndim != 1 or t.shape[0] != batch:
@@ -89,10 +89,10 @@ class NetworkTeacher(Teacher):
 
     @abstractmethod
     def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
-        """Run the network on its own input and timestep; return its raw prediction."""
+        """Run the network on its own input and timestep (float64 [B] on the CPU); return its raw prediction."""
 
     def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
-        t = self.check_inputs(x, t).to(x.device)
+        t = self.check_inputs(x, t)
         x_in, timestep = self.parameterization.model_input(x, t)
         output = self.call_network(x_in, timestep, cond).to(x.dtype)
         return self.parameterization.velocity(output, x, t)

@@ -230,7 +230,7 @@ class DiffusersTeacher(NetworkTeacher):
 
     def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
         dtype = self.model.dtype
-        return self.adapter(self.model, x_in.to(dtype), timestep.to(torch.float32), cond)
+        return self.adapter(self.model, x_in.to(dtype), timestep.to(torch.float32).to(x_in.device), cond)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, torch_dtype: torch.dtype | None = None,

@@ -41,5 +41,5 @@ class ModuleTeacher(NetworkTeacher):
         self.sample_shape = None if sample_shape is None else tuple(sample_shape)
 
     def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
-        timestep = timestep.to(x_in.dtype)
+        timestep = timestep.to(x_in.dtype).to(x_in.device)
         return self.module(x_in, timestep) if cond is None else self.module(x_in, timestep, cond)
