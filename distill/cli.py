@@ -11,10 +11,9 @@ import torch
 
 
 def _teachers(args: argparse.Namespace) -> dict:
-    from .teachers import BUNDLED_TEACHERS
+    from .teachers import bundled_teachers
 
-    rows = [{"name": name, "description": (factory.__doc__ or "").strip().splitlines()[0]}
-            for name, factory in BUNDLED_TEACHERS.items()]
+    rows = [{"name": name, "description": description} for name, description in bundled_teachers().items()]
     if not args.json:
         for row in rows:
             print(f"{row['name']:28s} {row['description']}")
@@ -29,13 +28,17 @@ def _sample(args: argparse.Namespace) -> dict:
     teacher = load_teacher(args.model)
     if teacher.sample_shape is None:
         raise SystemExit(f"error: {args.model} does not declare its sample shape; sample it from Python instead")
+    classes = teacher.info.get("num_classes")
     cond = None
     if args.class_label is not None:
         cond = torch.full((args.n,), args.class_label, dtype=torch.long)
+    elif classes:  # a class-conditional teacher: every class in turn
+        cond = torch.arange(args.n) % classes
     if args.guidance is not None:
-        if cond is None or args.null_class is None:
-            raise SystemExit("error: --guidance needs --class and --null-class (the teacher's unconditional label)")
-        teacher = GuidedTeacher(teacher, args.guidance, args.null_class)
+        null = args.null_class if args.null_class is not None else teacher.info.get("null_label")
+        if cond is None or null is None:
+            raise ValueError("--guidance needs a class-conditional teacher and its null label (--null-class)")
+        teacher = GuidedTeacher(teacher, args.guidance, null)
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *teacher.sample_shape, generator=generator)
     times = time_grid(teacher, args.steps, args.grid)
@@ -58,6 +61,46 @@ def _sample(args: argparse.Namespace) -> dict:
     return report
 
 
+def _train_teacher(args: argparse.Namespace) -> dict:
+    from .config import dump, load_config
+    from .teachers.training import TeacherConfig, train_teacher
+
+    config = load_config(TeacherConfig, args.config, "teachers", args.overrides)
+    if args.dry_run:
+        print(dump(config), end="")
+        return {"config": config.name, "dry_run": True}
+    output, result = train_teacher(config)
+    if not args.json:
+        print(f"teacher {config.name} -> {output} ({result.step} steps)")
+    return {"teacher": str(output), "steps": result.step, "seconds": round(result.seconds, 1),
+            "final_loss": result.history[-1]["loss"] if result.history else None}
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    from .evaluate import Evaluation, markdown_table, plot_quality, report
+    from .teachers import load_teacher
+
+    teacher = load_teacher(args.model)
+    evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet)
+    rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(args.model))
+    result = report(evaluation, rows)
+    if args.plot:
+        plot_quality(rows, args.plot, title=f"{args.model}: {args.samples} samples")
+    if not args.json:
+        print(markdown_table(rows))
+        floor = ", ".join(f"{k} {v:.4g}" for k, v in result["data_floor"].items())
+        print(f"\ndata floor (real vs real): {floor}")
+    return result
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _name_list(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,7 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     sample.set_defaults(run=_sample)
 
-    for command in (teachers, sample):
+    evaluate = commands.add_parser("eval", help="quality versus NFE of a teacher's solvers")
+    evaluate.add_argument("model", help="bundled name, diffusers folder or hub id")
+    evaluate.add_argument("--nfe", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64], help="e.g. 1,2,4")
+    evaluate.add_argument("--solvers", type=_name_list, default=["euler", "heun", "dpmpp2m"])
+    evaluate.add_argument("--samples", type=int, default=1000)
+    evaluate.add_argument("--data", default=None, help="dataset name when the teacher does not record it")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--plot", default="eval.png", help="PNG of quality versus NFE ('' for none)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    evaluate.set_defaults(run=_eval)
+
+    train_teacher = commands.add_parser("train-teacher", help="train a teacher (how the bundled ones were made)")
+    train_teacher.add_argument("config", help="a YAML file or a preset in configs/teachers/")
+    train_teacher.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
+    train_teacher.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    train_teacher.set_defaults(run=_train_teacher)
+
+    for command in (teachers, sample, evaluate, train_teacher):
         command.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     return parser
 
@@ -87,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = args.run(args)
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:

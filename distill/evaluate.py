@@ -1,15 +1,238 @@
-"""Looking at generators: sample grids and scatter plots (quality-vs-NFE tables come with the metrics)."""
+"""Quality versus NFE for teachers (and, later, students beside them), sample grids and plots.
+
+An :class:`Evaluation` fixes what every generator is judged against: the same noise (and class labels), the real
+data's features, and the teacher's accurate ODE solution from that noise (cached on disk: it does not change).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import metrics
+from .data import Dataset, load_dataset
+from .solvers import SOLVERS, sample, solver_nfe, time_grid
 
+DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
+CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8"}
+REFERENCE_SOLVER, REFERENCE_STEPS = "dpmpp2m", 128
+
+
+@dataclass
+class EvalRow:
+    """One generator at one budget (keys of DESIGN.md §4's eval report)."""
+
+    model: str
+    kind: str
+    solver: str
+    nfe: int
+    fd: float | None = None
+    swd: float | None = None
+    confident: float | None = None
+    class_entropy: float | None = None
+    fidelity_rmse: float | None = None
+    seconds: float = 0.0
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def fingerprint(module: torch.nn.Module, *extra) -> str:
+    """A short hash of a module's weights and buffers plus ``extra`` (what a cached result depends on)."""
+    digest = hashlib.sha256(repr(extra).encode())
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def steps_for_nfe(solver: str, nfe: int) -> int:
+    """The most steps ``solver`` can take within ``nfe`` evaluations (heun: 2 steps - 1 <= nfe)."""
+    return max(1, (nfe + 1) // 2) if solver == "heun" else nfe
+
+
+class Evaluation:
+    """Shared ground truth for judging generators of one teacher's data.
+
+    Args:
+        teacher: the teacher (its ``info`` names the data; ``data`` overrides).
+        samples: number of generated samples per row.
+        seed: seeds the noise and class labels.
+        data: dataset name (``distill.data.load_dataset``) when the teacher's ``info`` lacks it.
+        progress: print progress lines to stderr.
+    """
+
+    def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | None = None, progress: bool = True):
+        if teacher.sample_shape is None:
+            raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
+        self.teacher, self.samples, self.seed, self.progress = teacher, samples, seed, progress
+        info = dict(teacher.info.get("data", {}))
+        if data is not None:
+            info = {"name": data, "size": None}
+        if "name" not in info:
+            raise ValueError("unknown data for this teacher: pass data= (e.g. mnist, digits, checkerboard)")
+        self.data_name, self.data_size = info["name"], info.get("size")
+        generator = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn(samples, *teacher.sample_shape, generator=generator)
+        classes = teacher.info.get("num_classes")
+        self.cond = None if not classes else torch.arange(samples) % classes
+        self.is_image = len(teacher.sample_shape) == 3
+        self.classifier = self._classifier() if self.is_image else None
+        self.real = self._real_data()
+        self.real_features = self.classifier.run(self.real.x)[0] if self.classifier else None
+        self._reference: Tensor | None = None
+
+    def _classifier(self) -> metrics.BundledClassifier | None:
+        name = CLASSIFIER_FOR_DATA.get((self.data_name, self.data_size))
+        return None if name is None else metrics.BundledClassifier(name)
+
+    def _real_data(self) -> Dataset:
+        exact = getattr(self.teacher, "sample_data", None)
+        if exact is not None:  # analytic teacher: fresh exact draws
+            x = exact(self.samples, torch.Generator().manual_seed(self.seed + 1)).float()
+            return Dataset(x, name=self.data_name)
+        return load_dataset(self.data_name, self.data_size, n=self.samples, seed=self.seed + 1)  # images: all of it
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
+
+    # --- the teacher's accurate solution from the evaluation noise, cached ------------------------------------
+    def reference(self) -> Tensor:
+        if self._reference is None:
+            key = fingerprint(self.teacher, type(self.teacher).__name__, self.samples, self.seed, REFERENCE_SOLVER,
+                              REFERENCE_STEPS, self.teacher.t_max)
+            path = cache_dir() / "reference" / f"{key}.pt"
+            if path.exists():
+                self._reference = torch.load(path, weights_only=True)
+            else:
+                self.log(f"computing the teacher's reference solution ({REFERENCE_SOLVER}, {REFERENCE_STEPS} steps, "
+                         f"{self.samples} samples; cached in {path.parent})")
+                self._reference = self.generate_with_solver(REFERENCE_SOLVER, REFERENCE_STEPS)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(self._reference, tmp)
+                os.replace(tmp, path)
+        return self._reference
+
+    def generate_with_solver(self, solver: str, steps: int, batch: int = 1000) -> Tensor:
+        times = time_grid(self.teacher, steps)
+        parts = []
+        for i in range(0, self.samples, batch):
+            cond = None if self.cond is None else self.cond[i: i + batch]
+            parts.append(sample(self.teacher, self.noise[i: i + batch], times=times, solver=solver, cond=cond))
+        return torch.cat(parts)
+
+    # --- judging ------------------------------------------------------------------------------------------
+    def score(self, x: Tensor, model: str, kind: str, solver: str, nfe: int, seconds: float,
+              fidelity: bool = True) -> EvalRow:
+        row = EvalRow(model, kind, solver, nfe, seconds=round(seconds, 3))
+        if self.classifier is not None:
+            scores = metrics.image_metrics(x, self.real_features, self.classifier)
+            row.fd, row.confident, row.class_entropy = scores["fd"], scores["confident"], scores["class_entropy"]
+        elif not self.is_image:
+            row.swd = metrics.sliced_wasserstein(x, self.real.x)
+        if fidelity:
+            row.fidelity_rmse = metrics.fidelity_rmse(x, self.reference())
+        return row
+
+    def teacher_rows(self, solvers=tuple(SOLVERS), nfes=DEFAULT_NFE, name: str = "teacher") -> list[EvalRow]:
+        rows = []
+        for solver in solvers:
+            for nfe in nfes:
+                steps = steps_for_nfe(solver, nfe)
+                start = time.perf_counter()
+                x = self.generate_with_solver(solver, steps)
+                seconds = time.perf_counter() - start
+                used = solver_nfe(solver, time_grid(self.teacher, steps))
+                rows.append(self.score(x, name, "teacher", solver, used, seconds))
+                self.log(f"  {solver:8s} NFE {used:3d}: " + _row_text(rows[-1]))
+        return rows
+
+    def data_floor(self) -> dict[str, float]:
+        """What a perfect generator would score: for a fixed image set, FD between two disjoint random halves of it;
+        for a sampled set, SWD between two fresh draws of the evaluation's size."""
+        if self.classifier is not None:
+            half = len(self.real_features) // 2
+            order = torch.randperm(len(self.real_features), generator=torch.Generator().manual_seed(self.seed))
+            features = self.real_features[order]
+            return {"fd": metrics.frechet_distance(features[:half], features[half: 2 * half]), "samples": half}
+        exact = getattr(self.teacher, "sample_data", None)
+        if exact is not None:
+            other = exact(self.samples, torch.Generator().manual_seed(self.seed + 2)).float()
+        else:
+            other = load_dataset(self.data_name, self.data_size, n=self.samples, seed=self.seed + 2).x
+        return {"swd": metrics.sliced_wasserstein(other, self.real.x), "samples": self.samples}
+
+
+def _row_text(row: EvalRow) -> str:
+    parts = [f"{k} {v:.4g}" for k, v in asdict(row).items()
+             if k in ("fd", "swd", "confident", "class_entropy", "fidelity_rmse", "seconds") and v is not None]
+    return ", ".join(parts)
+
+
+def report(evaluation: Evaluation, rows: list[EvalRow]) -> dict:
+    """The eval report of DESIGN.md §4."""
+    return {"dataset": evaluation.data_name, "samples": evaluation.samples, "rows": [asdict(r) for r in rows],
+            "data_floor": evaluation.data_floor()}
+
+
+def markdown_table(rows: list[EvalRow]) -> str:
+    columns = ["model", "solver", "nfe", "fd", "swd", "confident", "class_entropy", "fidelity_rmse", "seconds"]
+    used = [c for c in columns if any(getattr(r, c) is not None for r in rows)]
+    lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
+    for row in rows:
+        cells = [_cell(getattr(row, c)) for c in used]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def plot_quality(rows: list[EvalRow], path: str | Path, metric: str | None = None, title: str = "") -> Path:
+    """Quality versus NFE, one line per (model, solver), log2 NFE axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = metric or ("fd" if any(r.fd is not None for r in rows) else "swd")
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for key in dict.fromkeys((r.model, r.solver) for r in rows):
+        points = sorted((r.nfe, getattr(r, metric)) for r in rows if (r.model, r.solver) == key)
+        ax.plot(*zip(*points), marker="o", label=f"{key[0]} ({key[1]})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric.upper())
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Looking at samples
+# ------------------------------------------------------------------------------------------------------------
 def save_samples(samples: Tensor, path: str | Path, **metadata) -> Path:
     """Write samples as ``.npz`` (array ``samples`` plus metadata) or ``.png`` (an image grid for [N, C, H, W] in
     [-1, 1], a scatter plot for [N, 2]).
@@ -34,7 +257,7 @@ def save_samples(samples: Tensor, path: str | Path, **metadata) -> Path:
     return path
 
 
-def _image_grid(images: np.ndarray):
+def _image_grid(images: np.ndarray, scale: int = 2):
     """[N, C, H, W] in [-1, 1] -> one PIL image with the samples tiled in a near-square grid."""
     from PIL import Image
 
@@ -46,7 +269,8 @@ def _image_grid(images: np.ndarray):
     for i, image in enumerate(pixels):
         r, q = divmod(i, cols)
         grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + q * (w + 2): 2 + q * (w + 2) + w] = image
-    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
 def _scatter(points: np.ndarray, path: Path, title: str) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
-
 
 def tiny_unet(num_class_embeds: int | None = None):
     from diffusers import UNet2DModel

@@ -6,16 +6,16 @@ from .base import NetworkTeacher, Teacher
 from .diffusers_teacher import DiffusersTeacher
 from .gaussian_mixture import GaussianMixtureTeacher
 from .guided import GuidedTeacher
-from .loading import BUNDLED_TEACHERS, load_teacher
+from .loading import bundled_teachers, load_teacher
 from .module import ModuleTeacher
 
 __all__ = [
-    "BUNDLED_TEACHERS",
     "DiffusersTeacher",
     "GaussianMixtureTeacher",
     "GuidedTeacher",
     "ModuleTeacher",
     "NetworkTeacher",
     "Teacher",
+    "bundled_teachers",
     "load_teacher",
 ]

@@ -15,12 +15,17 @@ class Teacher(nn.Module):
 
     Subclasses implement :meth:`velocity`. ``t_min``/``t_max`` bound the canonical times the model was trained on;
     sampling starts at ``t_max`` from ``x = t_max * noise``. ``sample_shape`` is the per-example state shape when the
-    teacher knows it (``None`` otherwise).
+    teacher knows it (``None`` otherwise). ``info`` holds the training data's name and size and, for class-conditional
+    teachers, ``num_classes`` and ``null_label``.
     """
 
     t_min: float = 0.0
     t_max: float = 1.0
     sample_shape: tuple[int, ...] | None = None
+
+    def __init__(self):
+        super().__init__()
+        self.info: dict = {}  # what the teacher was trained on (``distill.json`` of a saved teacher), if known
 
     @abstractmethod
     def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
@@ -93,9 +98,20 @@ class NetworkTeacher(Teacher):
 
     def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
         t = self.check_inputs(x, t)
+        return self.parameterization.velocity(self._network_output(x, t, cond), x, t)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond=None, raw: bool = False) -> Tensor:
+        """The velocity, or with ``raw=True`` the network's own prediction (what a denoising loss trains).
+
+        Training calls go through ``forward`` so that DistributedDataParallel sees them.
+        """
+        if not raw:
+            return self.velocity(x, t, cond)
+        return self._network_output(x, self.check_inputs(x, t), cond)
+
+    def _network_output(self, x: Tensor, t: Tensor, cond) -> Tensor:
         x_in, timestep = self.parameterization.model_input(x, t)
-        output = self.call_network(x_in, timestep, cond).to(x.dtype)
-        return self.parameterization.velocity(output, x, t)
+        return self.call_network(x_in, timestep, cond).to(x.dtype)
 
     def training_grid(self, steps: int, **options) -> Tensor:
         grid = self.schedule.training_grid(steps, **options)

@@ -232,6 +232,22 @@ class DiffusersTeacher(NetworkTeacher):
         dtype = self.model.dtype
         return self.adapter(self.model, x_in.to(dtype), timestep.to(torch.float32).to(x_in.device), cond)
 
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write a diffusers pipeline folder (``model_index.json``, the model, ``scheduler/``) that
+        :meth:`from_pretrained` and diffusers itself load (``DDPMPipeline`` for a ``UNet2DModel``)."""
+        import diffusers
+
+        folder = Path(folder)
+        component = "unet" if "UNet" in self.adapter.model_class else "transformer"
+        scheduler = getattr(diffusers, self.scheduler_class).from_config(self.scheduler_config)
+        self.model.save_pretrained(folder / component)
+        scheduler.save_pretrained(folder / "scheduler")
+        pipeline = "DDPMPipeline" if self.adapter.model_class == "UNet2DModel" else "DiffusionPipeline"
+        index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
+                 component: ["diffusers", self.adapter.model_class], "scheduler": ["diffusers", self.scheduler_class]}
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+        return folder
+
     @classmethod
     def from_pretrained(cls, source: str | Path, *, torch_dtype: torch.dtype | None = None,
                         prediction_type: str | None = None) -> DiffusersTeacher:

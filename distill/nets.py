@@ -1,0 +1,43 @@
+"""Small built-in networks for vectors and images trained from scratch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer-style embedding of scalars [B] -> [B, dim] (Vaswani et al. 2017, §3.5), as diffusers' timesteps."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device) / half)
+    angles = values.float()[:, None] * frequencies[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class VelocityMLP(nn.Module):
+    """An MLP ``(x [B, D], timestep [B]) -> [B, D]`` with a sinusoidal timestep embedding; 2-D teachers use it.
+
+    Args:
+        dim: data dimension D.
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+        embedding_dim: size of the timestep embedding.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, embedding_dim: int = 64):
+        super().__init__()
+        self.config = {"dim": dim, "hidden": hidden, "depth": depth, "embedding_dim": embedding_dim}
+        self.embedding_dim = embedding_dim
+        layers: list[nn.Module] = [nn.Linear(dim + embedding_dim, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, timestep: Tensor) -> Tensor:
+        return self.net(torch.cat([x, sinusoidal_embedding(timestep, self.embedding_dim).to(x.dtype)], dim=1))
+
+
+NETWORKS = {"VelocityMLP": VelocityMLP}

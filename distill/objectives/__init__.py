@@ -1,0 +1,11 @@
+"""Training objectives, one file each, one call shape: ``objective(model, batch, step) -> LossOutput``.
+
+``DenoisingLoss`` trains teachers; the flow-map distillation objectives (METHODS.md) join it here.
+"""
+
+from __future__ import annotations
+
+from .base import Batch, LossOutput
+from .denoising import DenoisingConfig, DenoisingLoss
+
+__all__ = ["Batch", "DenoisingConfig", "DenoisingLoss", "LossOutput"]

@@ -1,0 +1,106 @@
+"""``distill train-teacher``: train a teacher with the denoising loss in the one training loop and save it in
+the format users' pretrained models come in (a diffusers pipeline folder, or a built-in network + scheduler config)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import dump
+from ..data import Dataset, load_dataset
+from ..nets import NETWORKS
+from ..objectives.denoising import DenoisingConfig, DenoisingLoss
+from ..train import TrainConfig, TrainResult, ema_state_dict, train
+from .base import NetworkTeacher
+from .diffusers_teacher import DiffusersTeacher
+from .loading import INFO_FILE
+from .module import ModuleTeacher
+
+
+@dataclass
+class TeacherDataConfig:
+    """``name``: a dataset of ``distill.data.load_dataset``; ``conditional``: train on its labels."""
+
+    name: str = "mnist"
+    size: int | None = None
+    n: int = 100000
+    seed: int = 0
+    conditional: bool = True
+
+
+@dataclass
+class TeacherConfig:
+    """A teacher: data, network (``model``: ``class`` plus its constructor arguments, a diffusers model or a network
+    of ``distill.nets``), diffusers scheduler config (``_class_name`` plus its arguments), loss and optimisation."""
+
+    name: str = "teacher"
+    description: str = ""
+    data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
+    model: dict = field(default_factory=lambda: {"class": "UNet2DModel"})
+    scheduler: dict = field(default_factory=lambda: {"_class_name": "DDPMScheduler"})
+    objective: DenoisingConfig = field(default_factory=DenoisingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: str = "runs/teachers/{name}"
+    output: str | None = None  # where the trained teacher is written; default: <run_dir>/teacher
+
+
+def build_teacher(config: TeacherConfig, data: Dataset) -> NetworkTeacher:
+    """A freshly initialised, trainable teacher for ``config``."""
+    kwargs = dict(config.model)
+    class_name = kwargs.pop("class", None)
+    if class_name in NETWORKS:
+        module = NETWORKS[class_name](**kwargs)
+        teacher = ModuleTeacher.from_scheduler_config(module, config.scheduler, data.sample_shape)
+    else:
+        import diffusers
+
+        if class_name is None or not hasattr(diffusers, class_name):
+            raise ValueError(f"model.class {class_name!r} is neither a diffusers model nor a built-in network "
+                             f"({', '.join(NETWORKS)})")
+        scheduler_class = config.scheduler.get("_class_name")
+        if not hasattr(diffusers, str(scheduler_class)):
+            raise ValueError(f"scheduler._class_name {scheduler_class!r} is not a diffusers scheduler")
+        scheduler = getattr(diffusers, scheduler_class).from_config(config.scheduler)
+        teacher = DiffusersTeacher(getattr(diffusers, class_name)(**kwargs), scheduler)
+    return teacher.requires_grad_(True)
+
+
+def save_teacher(teacher: NetworkTeacher, folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    return teacher.save_pretrained(folder)
+
+
+def train_teacher(config: TeacherConfig) -> tuple[Path, TrainResult]:
+    """Train and save a teacher (EMA weights of the first decay); rerunning resumes from the run's checkpoint."""
+    run_dir = Path(config.run_dir.format(name=config.name))
+    output = Path(config.output) if config.output else run_dir / "teacher"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump(config))
+    data = load_dataset(config.data.name, config.data.size, config.data.n, config.data.seed)
+    if not config.data.conditional:
+        data.labels = None
+    print(f"{config.name}: {len(data)} samples of shape {list(data.sample_shape)} from {config.data.name}",
+          file=sys.stderr)
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rerun
+    teacher = build_teacher(config, data)
+    result = train(teacher, DenoisingLoss(config.objective), data, config.train, run_dir)
+    teacher.load_state_dict(ema_state_dict(teacher, result.ema[config.train.ema_decays[0]]))
+    save_teacher(teacher.requires_grad_(False).eval(), output)
+    conditional = data.labels is not None
+    info = {"name": config.name, "description": config.description,
+            "data": {"name": config.data.name, "size": config.data.size},
+            "num_classes": data.num_classes if conditional else None,
+            "null_label": config.objective.null_label if conditional else None}
+    (output / INFO_FILE).write_text(json.dumps(info, indent=2))
+    (output / "train_config.yaml").write_text(dump(config))
+    (output / "train_summary.json").write_text(json.dumps({
+        "steps": result.step, "train_seconds_this_session": round(result.seconds, 1),
+        "final_loss": result.history[-1]["loss"] if result.history else None, "skipped_steps": result.skipped_steps,
+    }, indent=2))
+    return output, result

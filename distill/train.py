@@ -1,0 +1,315 @@
+"""The one training loop (Accelerate): any model, any objective ``objective(model, batch, step) -> LossOutput``.
+
+A run lives in a folder. Every ``checkpoint_every`` steps and at the end it writes a checkpoint atomically
+(a new ``checkpoint-STEP`` folder with a SHA-256 manifest, then the ``latest`` pointer is swapped), so a killed run
+resumes from its last complete checkpoint when the same command is rerun. Batches and noise are seeded by the step
+number, so a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .data import Dataset
+from .objectives.base import Batch, LossOutput
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every objective."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_accumulation: int = 1
+    mixed_precision: str = "no"
+    ema_decays: list[float] = field(default_factory=lambda: [0.999])
+    checkpoint_every: int = 500
+    log_every: int = 50
+    max_bad_steps: int = 20
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
+        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(not 0 < d < 1 for d in self.ema_decays):
+            raise ValueError(f"ema_decays must lie in (0, 1), got {self.ema_decays}")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run holds: the final step, EMA weights by decay, and the logged history."""
+
+    step: int
+    ema: dict[float, dict[str, Tensor]]
+    history: list[dict]
+    skipped_steps: int
+    seconds: float
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing files, truncated or altered."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _state_for_safetensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema: dict, trainer_state: dict, keep: int = 2) -> Path:
+    """Write ``run_dir/checkpoint-STEP`` atomically and point ``run_dir/latest`` at it."""
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"checkpoint-{step:08d}"
+    partial = run_dir / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    save_file(_state_for_safetensors(model_state), partial / "model.safetensors")
+    for decay, weights in ema.items():
+        save_file(_state_for_safetensors(weights), partial / f"ema_{decay}.safetensors")
+    torch.save(trainer_state, partial / "trainer_state.pt")
+    manifest = {"step": step, "files": {p.name: _sha256(p) for p in sorted(partial.iterdir())}}
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _fsync_tree(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    _write_atomic(run_dir / "latest", final.name)
+    for old in sorted(run_dir.glob("checkpoint-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "latest"
+    if not pointer.exists():
+        return None
+    folder = run_dir / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer} names {folder.name}, which does not exist; delete {pointer} to start over")
+    return folder
+
+
+def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
+    """Verify the manifest, then load ``(model_state, ema_by_decay, trainer_state)``; never half-way."""
+    from safetensors.torch import load_file
+
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.exists():
+        raise CheckpointError(f"checkpoint {folder} has no manifest.json: it is incomplete; delete it to resume from "
+                              "an earlier one")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"checkpoint {folder}: manifest.json is corrupted ({error})") from error
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.exists() or _sha256(path) != digest:
+            raise CheckpointError(f"checkpoint {folder}: {name} is missing, truncated or altered (SHA-256 mismatch); "
+                                  "delete this checkpoint folder to resume from an earlier one")
+    model_state = load_file(folder / "model.safetensors")
+    ema = {float(p.stem.split("_", 1)[1]): load_file(p) for p in folder.glob("ema_*.safetensors")}
+    trainer_state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    return model_state, ema, trainer_state
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------------------
+def draw_batch(data: Dataset, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Batch:
+    """The batch of ``step`` on process ``rank``: indices drawn with replacement, seeded by (seed, step, rank)."""
+    generator = torch.Generator().manual_seed(_step_seed(seed, step, rank, world))
+    index = torch.randint(0, len(data), (batch_size,), generator=generator)
+    return Batch(data.x[index], None if data.labels is None else data.labels[index])
+
+
+def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
+    return (seed * 1_000_003 + step * world + rank) % (2**63)
+
+
+def _lr_lambda(warmup_steps: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def _to_device(batch: Batch, device) -> Batch:
+    def move(value):
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value.to(device) if isinstance(value, Tensor) else value
+
+    return Batch(move(batch.x), move(batch.cond))
+
+
+def train(
+    model: nn.Module,
+    objective: Callable[[nn.Module, Batch, int], LossOutput],
+    data: Dataset,
+    config: TrainConfig,
+    run_dir: str | Path,
+) -> TrainResult:
+    """Train ``model``'s trainable parameters on ``objective`` over batches of ``data``; resume from ``run_dir``.
+
+    Returns the final EMA weights by decay (the model itself holds the raw weights).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.grad_accumulation)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise ValueError("the model has no trainable parameters")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps))
+    ema = {d: {n: p.detach().clone().float() for n, p in zip(names, params)} for d in config.ema_decays}
+    start, skipped, history = 0, 0, []
+
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        model_state, ema_state, trainer_state = load_checkpoint(checkpoint)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        ema = {d: ema_state[d] for d in config.ema_decays} if set(ema_state) >= set(config.ema_decays) else ema
+        start, skipped = int(trainer_state["step"]), int(trainer_state["skipped_steps"])
+        history = _read_history(run_dir, start)
+        _log(accelerator, f"resuming from {checkpoint} at step {start}")
+
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw_model = accelerator.unwrap_model(model)
+    trainable = dict(raw_model.named_parameters())
+    started = time.perf_counter()
+    bad_run = 0
+    bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and accelerator.is_main_process),
+               file=sys.stderr, dynamic_ncols=True, desc="train")
+    for step in range(start, config.steps):
+        torch.manual_seed(_step_seed(config.seed + 1, step, accelerator.process_index, accelerator.num_processes))
+        model.train()
+        losses = []
+        for micro in range(config.grad_accumulation):
+            batch = draw_batch(data, step * config.grad_accumulation + micro, config.batch_size, config.seed,
+                               accelerator.process_index, accelerator.num_processes)
+            with accelerator.accumulate(model), accelerator.autocast():
+                out = objective(model, _to_device(batch, accelerator.device), step)
+                finite = bool(torch.isfinite(out.loss).item())
+                if finite:  # NaN guard: a non-finite loss never reaches the weights
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients and config.grad_clip > 0:
+                        accelerator.clip_grad_norm_(params, config.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append((out, finite))
+        if not all(finite for _, finite in losses):
+            skipped, bad_run = skipped + 1, bad_run + 1
+            if bad_run >= config.max_bad_steps:
+                raise FloatingPointError(f"{bad_run} non-finite losses in a row at step {step}: lower the learning "
+                                         f"rate or enable grad_clip; the last good checkpoint is in {run_dir}")
+            continue
+        bad_run = 0
+        _update_ema(ema, trainable, names)
+        bar.update(1)
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            record = {"step": step + 1, **_mean_metrics([o for o, _ in losses]), "lr": scheduler.get_last_lr()[0]}
+            history.append(record)
+            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}")
+            if accelerator.is_main_process:
+                _append_history(run_dir, record)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "step": step + 1, "skipped_steps": skipped, "config": json.dumps(asdict(config))}
+                save_checkpoint(run_dir, step + 1, raw_model.state_dict(), ema, trainer_state)
+    bar.close()
+    return TrainResult(config.steps, ema, history, skipped, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[float, dict[str, Tensor]], params: dict[str, Tensor], names: list[str]) -> None:
+    for decay, weights in ema.items():
+        for name in names:
+            weights[name].lerp_(params[name].detach().float(), 1 - decay)
+
+
+def _mean_metrics(outputs: list[LossOutput]) -> dict[str, float]:
+    keys = {k for o in outputs for k in o.metrics}
+    return {k: sum(o.metrics.get(k, math.nan) for o in outputs) / len(outputs) for k in sorted(keys)}
+
+
+def _append_history(run_dir: Path, record: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "log.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _read_history(run_dir: Path, up_to_step: int) -> list[dict]:
+    """Logged records up to the resumed step; later ones (written after the checkpoint) are dropped."""
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in records if r["step"] <= up_to_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def _log(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(message, file=sys.stderr)
+
+
+def ema_state_dict(model: nn.Module, ema_weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's full state dict with its trainable parameters replaced by EMA weights (in the model's dtypes)."""
+    state = dict(model.state_dict())
+    for name, value in ema_weights.items():
+        state[name] = value.to(state[name].dtype)
+    return state

@@ -1,0 +1,107 @@
+"""The training loop: resume after a kill equals an uninterrupted run; corrupted checkpoints are refused;
+non-finite losses never reach the weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.data import toy_2d
+from distill.nets import VelocityMLP
+from distill.objectives import DenoisingConfig, DenoisingLoss
+from distill.teachers import ModuleTeacher
+from distill.train import CheckpointError, TrainConfig, train
+
+SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}
+
+
+def tiny_teacher() -> ModuleTeacher:
+    torch.manual_seed(0)
+    return ModuleTeacher.from_scheduler_config(VelocityMLP(hidden=16, depth=2, embedding_dim=8), SCHEDULER,
+                                               (2,)).requires_grad_(True)
+
+
+def config(**changes) -> TrainConfig:
+    base = dict(steps=6, batch_size=32, learning_rate=1e-2, warmup_steps=1, checkpoint_every=3, log_every=1,
+                progress=False, ema_decays=[0.9, 0.99])
+    return TrainConfig(**{**base, **changes})
+
+
+class KilledError(RuntimeError):
+    pass
+
+
+def objective_killed_at(step_to_die: int):
+    loss = DenoisingLoss(DenoisingConfig(time_sampling="uniform"))
+
+    def objective(model, batch, step):
+        if step == step_to_die:
+            raise KilledError
+        return loss(model, batch, step)
+
+    return objective
+
+
+def weights(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    data = toy_2d("two-moons", 256)
+    objective = DenoisingLoss(DenoisingConfig(time_sampling="uniform"))
+    straight = tiny_teacher()
+    result = train(straight, objective, data, config(), tmp_path / "straight")
+
+    interrupted = tiny_teacher()
+    with pytest.raises(KilledError):
+        train(interrupted, objective_killed_at(4), data, config(), tmp_path / "resumed")
+    resumed = tiny_teacher()  # a fresh process; other initial weights, so only the checkpoint can make them equal
+    with torch.no_grad():
+        for parameter in resumed.parameters():
+            parameter.add_(1.0)
+    resumed_result = train(resumed, objective, data, config(), tmp_path / "resumed")
+    for name, value in weights(straight).items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    for decay in (0.9, 0.99):
+        for name, value in result.ema[decay].items():
+            assert torch.equal(value, resumed_result.ema[decay][name])
+    assert [r["step"] for r in resumed_result.history] == list(range(1, 7))
+
+
+def test_partial_checkpoint_is_ignored_and_corruption_is_refused(tmp_path):
+    data = toy_2d("two-moons", 256)
+    objective = DenoisingLoss(DenoisingConfig(time_sampling="uniform"))
+    with pytest.raises(KilledError):
+        train(tiny_teacher(), objective_killed_at(4), data, config(), tmp_path)
+    (tmp_path / ".checkpoint-00000006.partial").mkdir()  # a write killed half-way leaves only this behind
+    (tmp_path / ".checkpoint-00000006.partial" / "model.safetensors").write_bytes(b"\0" * 10)
+    latest = tmp_path / (tmp_path / "latest").read_text()
+    weights_file = latest / "model.safetensors"
+    blob = bytearray(weights_file.read_bytes())
+    blob[-5] ^= 0xFF
+    weights_file.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="model.safetensors is missing, truncated or altered"):
+        train(tiny_teacher(), objective, data, config(), tmp_path)
+    weights_file.write_bytes(bytes(blob[:100]))  # truncated
+    with pytest.raises(CheckpointError, match="truncated"):
+        train(tiny_teacher(), objective, data, config(), tmp_path)
+
+
+def test_non_finite_losses_are_skipped_then_stop(tmp_path):
+    data = toy_2d("two-moons", 256)
+    loss = DenoisingLoss(DenoisingConfig(time_sampling="uniform"))
+
+    def sometimes_nan(model, batch, step):
+        out = loss(model, batch, step)
+        return type(out)(out.loss * float("nan"), out.metrics) if step in (1, 2) else out
+
+    model = tiny_teacher()
+    result = train(model, sometimes_nan, data, config(checkpoint_every=100), tmp_path / "a")
+    assert result.skipped_steps == 2 and all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+    def always_nan(model, batch, step):
+        out = loss(model, batch, step)
+        return type(out)(out.loss * float("nan"), out.metrics)
+
+    with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+        train(tiny_teacher(), always_nan, data, config(max_bad_steps=3), tmp_path / "b")
