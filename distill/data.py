@@ -7,7 +7,10 @@ with integer labels when the source has them. Nothing is downloaded: the digits 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,3 +191,48 @@ def load_dataset(name: str, size: int | None = None, n: int = 20000, seed: int =
         f"unknown dataset {name!r}: use one of {', '.join((*TOY_SETS, 'digits', 'mnist'))}, "
         "an image folder or a .npy/.npz file"
     )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Teacher samples (data-free distillation, evaluation references), cached on disk
+# ------------------------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where results that do not change are kept (``$DISTILL_CACHE``, default ``~/.cache/distill``)."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def fingerprint(module: torch.nn.Module, *extra) -> str:
+    """A short hash of a module's weights and buffers plus ``extra`` (what a cached result depends on)."""
+    digest = hashlib.sha256(repr(extra).encode())
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def teacher_samples(teacher, noise: Tensor, cond: Tensor | None = None, solver: str = "dpmpp2m", steps: int = 128,
+                    batch_size: int = 500, progress: bool = True) -> Dataset:
+    """The teacher's ODE solutions from ``noise`` (one per row, conditioned on ``cond``), as a Dataset whose labels
+    are ``cond``; computed once per (teacher weights, noise, cond, solver, steps) and cached under :func:`cache_dir`.
+    """
+    from tqdm.auto import tqdm
+
+    from .solvers import sample, time_grid
+
+    key = fingerprint(teacher, type(teacher).__name__, solver, steps, teacher.t_max, noise.shape,
+                      hashlib.sha256(noise.cpu().numpy().tobytes()).hexdigest(),
+                      None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest())
+    path = cache_dir() / "teacher_samples" / f"{key}.pt"
+    if path.exists():
+        x = torch.load(path, weights_only=True)
+    else:
+        times = time_grid(teacher, steps)
+        chunks = range(0, len(noise), batch_size)
+        bar = tqdm(chunks, desc=f"teacher samples ({solver}, {steps} steps)", disable=not progress, file=sys.stderr)
+        x = torch.cat([sample(teacher, noise[i: i + batch_size], times=times, solver=solver,
+                              cond=None if cond is None else cond[i: i + batch_size]) for i in bar])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(x, tmp)
+        os.replace(tmp, path)
+    return Dataset(x, cond, name="teacher-samples", num_classes=teacher.info.get("num_classes"))

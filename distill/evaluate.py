@@ -6,9 +6,7 @@ data's features, and the teacher's accurate ODE solution from that noise (cached
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, teacher_samples
 from .solvers import SOLVERS, sample, solver_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
@@ -41,19 +39,6 @@ class EvalRow:
     class_entropy: float | None = None
     fidelity_rmse: float | None = None
     seconds: float = 0.0
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
-
-
-def fingerprint(module: torch.nn.Module, *extra) -> str:
-    """A short hash of a module's weights and buffers plus ``extra`` (what a cached result depends on)."""
-    digest = hashlib.sha256(repr(extra).encode())
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def steps_for_nfe(solver: str, nfe: int) -> int:
@@ -109,20 +94,10 @@ class Evaluation:
 
     # --- the teacher's accurate solution from the evaluation noise, cached ------------------------------------
     def reference(self) -> Tensor:
+        """The teacher's accurate ODE solution from the evaluation noise (cached on disk)."""
         if self._reference is None:
-            key = fingerprint(self.teacher, type(self.teacher).__name__, self.samples, self.seed, REFERENCE_SOLVER,
-                              REFERENCE_STEPS, self.teacher.t_max)
-            path = cache_dir() / "reference" / f"{key}.pt"
-            if path.exists():
-                self._reference = torch.load(path, weights_only=True)
-            else:
-                self.log(f"computing the teacher's reference solution ({REFERENCE_SOLVER}, {REFERENCE_STEPS} steps, "
-                         f"{self.samples} samples; cached in {path.parent})")
-                self._reference = self.generate_with_solver(REFERENCE_SOLVER, REFERENCE_STEPS)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(self._reference, tmp)
-                os.replace(tmp, path)
+            self._reference = teacher_samples(self.teacher, self.noise, self.cond, REFERENCE_SOLVER, REFERENCE_STEPS,
+                                              progress=self.progress).x
         return self._reference
 
     def generate_with_solver(self, solver: str, steps: int, batch: int = 1000) -> Tensor:

@@ -26,6 +26,7 @@ from .data import Dataset
 from .objectives.base import Batch, LossOutput
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_DECAYS = ("constant", "cosine")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 100
+    lr_decay: str = "constant"  # after warm-up: "constant", or "cosine" down to 0 at the last step
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_accumulation: int = 1
@@ -54,13 +56,16 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         if any(not 0 < d < 1 for d in self.ema_decays):
             raise ValueError(f"ema_decays must lie in (0, 1), got {self.ema_decays}")
 
 
 @dataclass
 class TrainResult:
-    """What a finished run holds: the final step, EMA weights by decay, and the logged history."""
+    """What a finished run holds: the final step, EMA weights by decay, the logged history, and the training
+    seconds summed over every session of the run."""
 
     step: int
     ema: dict[float, dict[str, Tensor]]
@@ -173,8 +178,17 @@ def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
     return (seed * 1_000_003 + step * world + rank) % (2**63)
 
 
-def _lr_lambda(warmup_steps: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up, then constant or cosine decay (Loshchilov & Hutter 2017) to 0 at ``config.steps``."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+        if config.lr_decay == "constant" or step < config.warmup_steps:
+            return warm
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
 
 
 def _to_device(batch: Batch, device) -> Batch:
@@ -208,9 +222,9 @@ def train(
         raise ValueError("the model has no trainable parameters")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     ema = {d: {n: p.detach().clone().float() for n, p in zip(names, params)} for d in config.ema_decays}
-    start, skipped, history = 0, 0, []
+    start, skipped, history, earlier_seconds = 0, 0, [], 0.0
 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
@@ -220,6 +234,7 @@ def train(
         scheduler.load_state_dict(trainer_state["scheduler"])
         ema = {d: ema_state[d] for d in config.ema_decays} if set(ema_state) >= set(config.ema_decays) else ema
         start, skipped = int(trainer_state["step"]), int(trainer_state["skipped_steps"])
+        earlier_seconds = float(trainer_state.get("seconds", 0.0))
         history = _read_history(run_dir, start)
         _log(accelerator, f"resuming from {checkpoint} at step {start}")
 
@@ -267,10 +282,11 @@ def train(
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "step": step + 1, "skipped_steps": skipped, "config": json.dumps(asdict(config))}
+                                 "step": step + 1, "skipped_steps": skipped, "config": json.dumps(asdict(config)),
+                                 "seconds": earlier_seconds + time.perf_counter() - started}
                 save_checkpoint(run_dir, step + 1, raw_model.state_dict(), ema, trainer_state)
     bar.close()
-    return TrainResult(config.steps, ema, history, skipped, time.perf_counter() - started)
+    return TrainResult(config.steps, ema, history, skipped, earlier_seconds + time.perf_counter() - started)
 
 
 @torch.no_grad()

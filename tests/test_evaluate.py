@@ -44,7 +44,7 @@ def test_image_teacher_rows_and_reference_cache(tmp_path):
     evaluation = Evaluation(teacher, samples=64, progress=False)
     row = evaluation.teacher_rows(["euler"], [2])[0]
     assert row.fd > 0 and 0 <= row.confident <= 1 and row.class_entropy >= 0 and row.swd is None
-    cached = list((tmp_path / "cache" / "reference").glob("*.pt"))
+    cached = list((tmp_path / "cache" / "teacher_samples").glob("*.pt"))
     assert len(cached) == 1
     again = Evaluation(teacher, samples=64, progress=False)
     assert torch.equal(again.reference(), evaluation.reference())

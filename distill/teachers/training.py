@@ -100,7 +100,7 @@ def train_teacher(config: TeacherConfig) -> tuple[Path, TrainResult]:
     (output / INFO_FILE).write_text(json.dumps(info, indent=2))
     (output / "train_config.yaml").write_text(dump(config))
     (output / "train_summary.json").write_text(json.dumps({
-        "steps": result.step, "train_seconds_this_session": round(result.seconds, 1),
+        "steps": result.step, "train_seconds": round(result.seconds, 1),
         "final_loss": result.history[-1]["loss"] if result.history else None, "skipped_steps": result.skipped_steps,
     }, indent=2))
     return output, result
