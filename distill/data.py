@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Dataset:
     labels: Tensor | None = None
     name: str = "data"
     num_classes: int | None = None
+    seconds: float | None = None  # wall time it took to generate (teacher samples)
 
     def __post_init__(self):
         if self.labels is not None and len(self.labels) != len(self.x):
@@ -212,9 +214,9 @@ def fingerprint(module: torch.nn.Module, *extra) -> str:
 
 def teacher_samples(teacher, noise: Tensor, cond: Tensor | None = None, solver: str = "dpmpp2m", steps: int = 128,
                     batch_size: int = 500, progress: bool = True) -> Dataset:
-    """The teacher's ODE solutions from ``noise`` (one per row, conditioned on ``cond``), as a Dataset whose labels
-    are ``cond``; computed once per (teacher weights, noise, cond, solver, steps) and cached under :func:`cache_dir`.
-    """
+    """The teacher's ODE solutions from ``noise`` (one per row, conditioned on ``cond``) on its uniform grid, as a
+    Dataset whose labels are ``cond`` and whose ``seconds`` is the generation time; computed once per (teacher
+    weights, noise, cond, solver, steps) and cached under :func:`cache_dir`."""
     from tqdm.auto import tqdm
 
     from .solvers import sample, time_grid
@@ -224,15 +226,17 @@ def teacher_samples(teacher, noise: Tensor, cond: Tensor | None = None, solver: 
                       None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest())
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
     if path.exists():
-        x = torch.load(path, weights_only=True)
+        stored = torch.load(path, weights_only=True)
     else:
         times = time_grid(teacher, steps)
         chunks = range(0, len(noise), batch_size)
         bar = tqdm(chunks, desc=f"teacher samples ({solver}, {steps} steps)", disable=not progress, file=sys.stderr)
+        start = time.perf_counter()
         x = torch.cat([sample(teacher, noise[i: i + batch_size], times=times, solver=solver,
                               cond=None if cond is None else cond[i: i + batch_size]) for i in bar])
+        stored = {"x": x, "seconds": time.perf_counter() - start}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(x, tmp)
+        torch.save(stored, tmp)
         os.replace(tmp, path)
-    return Dataset(x, cond, name="teacher-samples", num_classes=teacher.info.get("num_classes"))
+    return Dataset(stored["x"], cond, "teacher-samples", teacher.info.get("num_classes"), stored["seconds"])

@@ -48,7 +48,7 @@ def card_text(name: str, teacher, result: dict, rows, evaluation: Evaluation) ->
 
 `python scripts/make_model_card.py {name} --samples {evaluation.samples}` — {evaluation.samples} samples, seed
 {evaluation.seed}{", classes in turn" if evaluation.cond is not None else ""}; fidelity is the RMSE to the teacher's own
-128-step DPM-Solver++(2M) solution from the same noise. Real data against real data: {floor}.
+64-step DPM-Solver++(2M) solution from the same noise (so that row reads 0). Real data against real data: {floor}.
 
 {markdown_table(rows)}
 
@@ -76,9 +76,10 @@ def main() -> None:
     folder = ASSET_DIR / args.name
     (folder / "eval.json").write_text(json.dumps(result, indent=1))
     best = min(rows, key=lambda r: r.fd if r.fd is not None else r.swd)
-    cond = None if evaluation.cond is None else evaluation.cond[:100]
+    shown = 100 if evaluation.is_image else evaluation.samples
+    cond = None if evaluation.cond is None else evaluation.cond[:shown]
     times = time_grid(teacher, steps_for_nfe(best.solver, best.nfe))
-    x = distill.sample(teacher, evaluation.noise[:100], times=times, solver=best.solver, cond=cond)
+    x = distill.sample(teacher, evaluation.noise[:shown], times=times, solver=best.solver, cond=cond)
     save_samples(x, folder / "samples.png", title=f"{args.name}: {best.solver}, {best.nfe} NFE")
     plot_quality(rows, folder / "quality.png", title=args.name)
     (folder / "README.md").write_text(card_text(args.name, teacher, result, rows, evaluation))

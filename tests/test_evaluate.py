@@ -45,9 +45,10 @@ def test_image_teacher_rows_and_reference_cache(tmp_path):
     row = evaluation.teacher_rows(["euler"], [2])[0]
     assert row.fd > 0 and 0 <= row.confident <= 1 and row.class_entropy >= 0 and row.swd is None
     cached = list((tmp_path / "cache" / "teacher_samples").glob("*.pt"))
-    assert len(cached) == 1
+    assert len(cached) == 2  # the euler samples and the reference solution
     again = Evaluation(teacher, samples=64, progress=False)
     assert torch.equal(again.reference(), evaluation.reference())
+    assert again.teacher_rows(["euler"], [2])[0] == row  # served from the cache, generation time included
 
 
 def test_eval_command_json(tmp_path, capsys):
