@@ -73,12 +73,22 @@ class Evaluation:
         self.is_image = len(teacher.sample_shape) == 3
         self.classifier = self._classifier() if self.is_image else None
         self.real = self._real_data()
-        self.real_features = self.classifier.run(self.real.x)[0] if self.classifier else None
+        self.real_features, self.floor_features = self._reference_features()
         self._reference: Tensor | None = None
 
     def _classifier(self) -> metrics.BundledClassifier | None:
         name = CLASSIFIER_FOR_DATA.get((self.data_name, self.data_size))
         return None if name is None else metrics.BundledClassifier(name)
+
+    def _reference_features(self) -> tuple[Tensor | None, Tensor | None]:
+        """Classifier features of two disjoint random halves of a fixed image set: generated samples are compared
+        with the first, and the second gives the real-versus-real floor at a comparable size."""
+        if self.classifier is None:
+            return None, None
+        order = torch.randperm(len(self.real), generator=torch.Generator().manual_seed(self.seed))
+        half = len(order) // 2
+        features = self.classifier.run(self.real.x[order[: 2 * half]])[0]
+        return features[:half], features[half:]
 
     def _real_data(self) -> Dataset:
         exact = getattr(self.teacher, "sample_data", None)
@@ -116,10 +126,13 @@ class Evaluation:
         return row
 
     def teacher_rows(self, solvers=tuple(SOLVERS), nfes=DEFAULT_NFE, name: str = "teacher") -> list[EvalRow]:
-        rows = []
+        rows, done = [], set()
         for solver in solvers:
             for nfe in nfes:
                 steps = steps_for_nfe(solver, nfe)
+                if (solver, steps) in done:  # heun at NFE 1 and 2 is the same single step
+                    continue
+                done.add((solver, steps))
                 generated = self.generate_with_solver(solver, steps)
                 used = solver_nfe(solver, time_grid(self.teacher, steps))
                 rows.append(self.score(generated.x, name, "teacher", solver, used, generated.seconds))
@@ -127,13 +140,11 @@ class Evaluation:
         return rows
 
     def data_floor(self) -> dict[str, float]:
-        """What a perfect generator would score: for a fixed image set, FD between two disjoint random halves of it;
-        for a sampled set, SWD between two fresh draws of the evaluation's size."""
+        """What a perfect generator would score: for a fixed image set, FD of its second half against the first (the
+        reference of generated samples); for a sampled set, SWD between two fresh draws of the evaluation's size."""
         if self.classifier is not None:
-            half = len(self.real_features) // 2
-            order = torch.randperm(len(self.real_features), generator=torch.Generator().manual_seed(self.seed))
-            features = self.real_features[order]
-            return {"fd": metrics.frechet_distance(features[:half], features[half: 2 * half]), "samples": half}
+            return {"fd": metrics.frechet_distance(self.floor_features, self.real_features),
+                    "samples": len(self.floor_features)}
         exact = getattr(self.teacher, "sample_data", None)
         if exact is not None:
             other = exact(self.samples, torch.Generator().manual_seed(self.seed + 2)).float()
