@@ -195,3 +195,13 @@ def test_guided_teacher_with_dict_conditions():
                                      "pooled_projections": torch.zeros(2, 6)})
     guided = GuidedTeacher(teacher, guidance_scale=4.0, null_cond=null)
     assert torch.allclose(guided.velocity(x, t, cond), v_null + 4.0 * (v_cond - v_null), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(distill.teachers.bundled_teachers()))
+def test_bundled_teachers_load_and_give_finite_velocities(name):
+    teacher = distill.load_teacher(name)
+    x = torch.randn(3, *teacher.sample_shape)
+    cond = None if not teacher.info.get("num_classes") else torch.tensor([0, 1, teacher.info["null_label"]])
+    v = teacher.velocity(x, torch.tensor([teacher.t_min, 0.5, teacher.t_max]), cond)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    assert 0 <= teacher.t_min < teacher.t_max <= 1 and teacher.info["data"]["name"]
