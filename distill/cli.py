@@ -27,7 +27,7 @@ def _sample(args: argparse.Namespace) -> dict:
 
     teacher = load_teacher(args.model)
     if teacher.sample_shape is None:
-        raise SystemExit(f"error: {args.model} does not declare its sample shape; sample it from Python instead")
+        raise ValueError(f"{args.model} does not declare its sample shape; sample it from Python instead")
     classes = teacher.info.get("num_classes")
     cond = None
     if args.class_label is not None:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = args.run(args)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:

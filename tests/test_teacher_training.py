@@ -35,3 +35,13 @@ def test_train_teacher_module_network(tmp_path):
     x = torch.randn(4, 2)
     reloaded = distill.load_teacher(tmp_path / "teacher")
     assert torch.equal(teacher.velocity(x, 0.3), reloaded.velocity(x, 0.3))
+
+
+def test_train_teacher_never_overwrites_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("do not delete")
+    overrides = ["train.steps=1", "train.progress=false", "model.hidden=8", f"run_dir={tmp_path}/run",
+                 f"output={tmp_path}/precious"]
+    assert main(["train-teacher", "eight-gaussians", *overrides]) == 2
+    assert "does not hold a saved teacher" in capsys.readouterr().err
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "do not delete"

@@ -70,9 +70,16 @@ def build_teacher(config: TeacherConfig, data: Dataset) -> NetworkTeacher:
     return teacher.requires_grad_(True)
 
 
+def check_output(folder: Path) -> None:
+    """An output folder must be new, empty, or hold a teacher saved before (which will be replaced)."""
+    if folder.exists() and any(folder.iterdir()) and not (folder / INFO_FILE).exists():
+        raise FileExistsError(f"output folder {folder} exists and does not hold a saved teacher; choose another")
+
+
 def save_teacher(teacher: NetworkTeacher, folder: Path) -> Path:
-    if folder.exists():
-        shutil.rmtree(folder)
+    """Write the teacher to ``folder``, replacing a teacher saved there before but never any other folder."""
+    check_output(folder)
+    shutil.rmtree(folder, ignore_errors=True)
     return teacher.save_pretrained(folder)
 
 
@@ -80,6 +87,7 @@ def train_teacher(config: TeacherConfig) -> tuple[Path, TrainResult]:
     """Train and save a teacher (EMA weights of the first decay); rerunning resumes from the run's checkpoint."""
     run_dir = Path(config.run_dir.format(name=config.name))
     output = Path(config.output) if config.output else run_dir / "teacher"
+    check_output(output)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump(config))
     data = load_dataset(config.data.name, config.data.size, config.data.n, config.data.seed)
