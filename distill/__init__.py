@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import conventions, solvers, teachers
 from .solvers import sample, solve, time_grid
+from .students import FlowMap, load_student
 from .teachers import (
     DiffusersTeacher,
     GaussianMixtureTeacher,
@@ -21,11 +22,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DiffusersTeacher",
+    "FlowMap",
     "GaussianMixtureTeacher",
     "GuidedTeacher",
     "ModuleTeacher",
     "Teacher",
     "conventions",
+    "load_student",
     "load_teacher",
     "sample",
     "solve",

@@ -152,20 +152,29 @@ def check_times(times: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------------------
 # The public entry points
 # ------------------------------------------------------------------------------------------------------------
-def solve(model, x: Tensor, times: Tensor, solver: str = "euler", cond=None) -> Tensor:
-    """Integrate ``model``'s probability-flow ODE from ``x`` at ``times[0]`` to ``times[-1]``.
+def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None) -> Tensor:
+    """Move ``x`` from ``times[0]`` to ``times[-1]``: a flow map jumps from grid time to grid time; a velocity field's
+    probability-flow ODE is integrated with ``solver``.
 
     Args:
-        model: a velocity field with ``velocity(x, t, cond)`` (a :class:`~distill.teachers.Teacher`).
+        model: a flow map with ``jump(x, t, s, cond)`` (a :class:`~distill.students.FlowMap`) or a velocity field
+            with ``velocity(x, t, cond)`` (a :class:`~distill.teachers.Teacher`).
         x: state at ``times[0]``, [B, ...].
         times: decreasing canonical times.
-        solver: ``"euler"``, ``"heun"`` or ``"dpmpp2m"``.
-        cond: conditioning passed to every velocity call.
+        solver: for velocity fields ``"euler"`` (default), ``"heun"`` or ``"dpmpp2m"``; none for flow maps.
+        cond: conditioning passed to every call.
     """
-    if not callable(getattr(model, "velocity", None)):
-        raise TypeError(f"{type(model).__name__} is not a velocity field: it needs a velocity(x, t, cond) method")
     times = check_times(times)
-    step = get_solver(solver)
+    if callable(getattr(model, "jump", None)):
+        if solver is not None:
+            raise ValueError("a flow map jumps between grid times: it takes no solver")
+        with torch.no_grad():
+            for t, s in zip(times[:-1].tolist(), times[1:].tolist()):
+                x = model.jump(x, t, s, cond)
+        return x
+    if not callable(getattr(model, "velocity", None)):
+        raise TypeError(f"{type(model).__name__} is neither a flow map (jump) nor a velocity field (velocity)")
+    step = get_solver(solver or "euler")
     batch = x.shape[0]
 
     def velocity(state: Tensor, t: float) -> Tensor:
@@ -181,13 +190,13 @@ def sample(
     *,
     steps: int | None = None,
     times: Tensor | None = None,
-    solver: str = "euler",
+    solver: str | None = None,
     grid: str = "uniform",
     cond=None,
     **grid_options,
 ) -> Tensor:
-    """Generate from ``noise``: start at the grid's first time ``t_0`` from ``x = t_0 * noise`` and integrate to
-    the grid's end (``t = 0``: data).
+    """Generate from ``noise``: start at the grid's first time ``t_0`` from ``x = t_0 * noise`` and move to the grid's
+    end (``t = 0``: data) by flow-map jumps (a student) or an ODE solver (a teacher).
 
     Give either ``steps`` (a ``grid`` over the model's ``[t_min, t_max]``) or an explicit decreasing ``times``.
 

@@ -1,0 +1,157 @@
+"""Flow-map students: ``X(x, t, s) = x + (s - t) F(x, t, s)``, the state at time ``s`` of the trajectory through
+``x`` at time ``t`` (DESIGN.md §2; Boffi et al. 2024, eq. 2.3).
+
+``FlowMap.from_teacher`` copies the teacher's network and adds a zero-initialised embedding of the gap ``t - s`` to its
+time embedding, so an untrained student is exactly one Euler step of the teacher, and ``F(x, t, t) = v(x, t)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .nets import sinusoidal_embedding
+from .teachers.base import NetworkTeacher, as_time_batch
+
+# Where each network class embeds time: the gap embedding is added to these modules' outputs.
+TIME_EMBEDDINGS = {
+    "UNet2DModel": ["time_embedding"],
+    "UNet2DConditionModel": ["time_embedding"],
+    "SD3Transformer2DModel": ["time_text_embed"],
+    "FluxTransformer2DModel": ["time_text_embed"],
+    "DiTTransformer2DModel": ["transformer_blocks.*.norm1.emb"],  # every block embeds time itself
+    "VelocityMLP": ["net.0"],  # the first layer sees [x, embedding(t)]
+}
+STUDENT_FILE = "student.json"
+GAP_WEIGHTS = "gap_embeddings.safetensors"
+
+
+class GapEmbedding(nn.Module):
+    """A zero-initialised embedding of the gap ``t - s`` (sinusoidal features of ``scale * (t - s)``, then an MLP
+    whose last layer starts at zero)."""
+
+    def __init__(self, out_dim: int, frequencies: int = 64, scale: float = 1000.0):
+        super().__init__()
+        self.frequencies, self.scale = frequencies, scale
+        self.mlp = nn.Sequential(nn.Linear(frequencies, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, gap: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_embedding(gap * self.scale, self.frequencies))
+
+
+def _network(teacher: NetworkTeacher) -> nn.Module:
+    """The wrapped network: ``model`` of a DiffusersTeacher, ``module`` of a ModuleTeacher."""
+    return teacher.model if hasattr(teacher, "model") else teacher.module
+
+
+def _time_embedding_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
+    name = type(network).__name__
+    if name not in TIME_EMBEDDINGS:
+        raise ValueError(f"FlowMap.from_teacher does not know where {name} embeds time; supported: "
+                         f"{', '.join(TIME_EMBEDDINGS)}")
+    modules = dict(network.named_modules())
+    found = []
+    for pattern in TIME_EMBEDDINGS[name]:
+        if "*" in pattern:
+            head, tail = pattern.split(".*.")
+            found += [(n, m) for n, m in modules.items() if n.startswith(head + ".") and n.endswith("." + tail)
+                      and n.count(".") == head.count(".") + tail.count(".") + 2]
+        else:
+            found.append((pattern, modules[pattern]))
+    return found
+
+
+def _output_dim(module: nn.Module) -> int:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} has no linear layer to size a gap embedding from")
+    return linears[-1].out_features
+
+
+class FlowMap(nn.Module):
+    """A two-time student built on a copy of a teacher's network.
+
+    ``forward(x, t, s, cond)`` returns ``X(x, t, s)`` ([B, ...] like ``x``; ``t``, ``s`` canonical, numbers or [B]).
+    ``average_velocity(x, t, s, cond)`` returns ``F``. Sampling: ``distill.sample(student, noise, steps=K)``.
+    """
+
+    def __init__(self, teacher: NetworkTeacher):
+        super().__init__()
+        if not isinstance(teacher, NetworkTeacher):
+            raise TypeError(f"a FlowMap is built on a network teacher, got {type(teacher).__name__}")
+        self.base = teacher.requires_grad_(True)
+        self.t_min, self.t_max, self.sample_shape = teacher.t_min, teacher.t_max, teacher.sample_shape
+        self.info = teacher.info
+        hooked = _time_embedding_modules(_network(teacher))
+        self.hooked_modules = [name for name, _ in hooked]
+        self.gap_embeddings = nn.ModuleList(GapEmbedding(_output_dim(m)) for _, m in hooked)
+        self._gap: Tensor | None = None
+        for (_, module), embedding in zip(hooked, self.gap_embeddings):
+            module.register_forward_hook(self._adder(embedding))
+
+    def _adder(self, embedding: GapEmbedding):
+        def add_gap(module, inputs, output):
+            if self._gap is None:
+                return output
+            return output + embedding(self._gap.to(output.device)).to(output.dtype)
+
+        return add_gap
+
+    @classmethod
+    def from_teacher(cls, teacher: NetworkTeacher) -> FlowMap:
+        """A student equal to one Euler step of ``teacher`` (whose weights are copied, not shared)."""
+        return cls(copy.deepcopy(teacher))
+
+    def average_velocity(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
+        """``F(x, t, s)``, with ``F(x, t, t) = v_teacher(x, t)`` at initialisation."""
+        t = as_time_batch(t, x.shape[0], "FlowMap")
+        s = as_time_batch(s, x.shape[0], "FlowMap")
+        self._gap = (t - s).to(torch.float32)
+        try:
+            return self.base.velocity(x, t, cond)
+        finally:
+            self._gap = None
+
+    def forward(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
+        t64 = as_time_batch(t, x.shape[0], "FlowMap")
+        s64 = as_time_batch(s, x.shape[0], "FlowMap")
+        step = (s64 - t64).to(x.dtype).to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
+        return x + step * self.average_velocity(x, t64, s64, cond)
+
+    jump = forward
+
+    # --- persistence ----------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``network/`` (the copied network in its teacher's format), the gap embeddings and ``student.json``."""
+        from safetensors.torch import save_file
+
+        from .teachers.loading import INFO_FILE
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.base.save_pretrained(folder / "network")
+        (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
+        save_file({k: v.contiguous() for k, v in self.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
+        spec = {"kind": "flow_map", "hooked_modules": self.hooked_modules, "info": self.info}
+        (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
+        return folder
+
+
+def load_student(folder: str | Path) -> FlowMap:
+    """Load a student saved by :meth:`FlowMap.save_pretrained`."""
+    from safetensors.torch import load_file
+
+    from .teachers.loading import load_folder
+
+    folder = Path(folder)
+    if not (folder / STUDENT_FILE).exists():
+        raise FileNotFoundError(f"{folder} holds no student ({STUDENT_FILE} missing)")
+    student = FlowMap(load_folder(folder / "network"))
+    student.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
+    return student

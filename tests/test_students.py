@@ -1,0 +1,93 @@
+"""Flow-map contract: X(x, t, t) = x; an untrained student is one Euler step of its teacher; save/load is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import distill
+from distill.nets import VelocityMLP
+from distill.students import FlowMap, load_student
+from distill.teachers import DiffusersTeacher, ModuleTeacher
+
+from .conftest import tiny_dit, tiny_sd3, tiny_unet, tiny_unet_condition
+
+FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}
+
+
+def teachers():
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    sd3_cond = {"encoder_hidden_states": torch.randn(2, 3, 12, generator=generator),
+                "pooled_projections": torch.randn(2, 6, generator=generator)}
+    return {
+        "unet": (DiffusersTeacher(tiny_unet(), DDIMScheduler()), (3, 8, 8), None),
+        "unet_class": (DiffusersTeacher(tiny_unet(num_class_embeds=10), DDIMScheduler()), (3, 8, 8),
+                       torch.tensor([2, 5])),
+        "unet_condition": (DiffusersTeacher(tiny_unet_condition(), DDIMScheduler()), (4, 8, 8),
+                           torch.randn(2, 5, 12, generator=generator)),
+        "dit": (DiffusersTeacher(tiny_dit(), DDIMScheduler()), (4, 8, 8), torch.tensor([1, 2])),
+        "sd3": (DiffusersTeacher(tiny_sd3(), FlowMatchEulerDiscreteScheduler(shift=3.0)), (4, 8, 8), sd3_cond),
+        "mlp": (ModuleTeacher.from_scheduler_config(VelocityMLP(hidden=32), FLOW, (2,)), (2,), None),
+    }
+
+
+@pytest.mark.parametrize("name", ["unet", "unet_class", "unet_condition", "dit", "sd3", "mlp"])
+def test_untrained_student_is_one_euler_step_and_identity_at_equal_times(name):
+    teacher, shape, cond = teachers()[name]
+    student = FlowMap.from_teacher(teacher)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    t, s = torch.tensor([0.9, 0.6]), torch.tensor([0.3, 0.0])
+    with torch.no_grad():
+        euler = x + (s - t).reshape(-1, *([1] * len(shape))) * teacher.velocity(x, t, cond)
+        assert torch.allclose(student(x, t, s, cond), euler, atol=1e-5)
+        assert torch.equal(student(x, t, t, cond), x)
+    blocks = len(teacher.model.transformer_blocks) if name == "dit" else 1
+    assert len(student.gap_embeddings) == blocks  # DiT embeds time in every block
+    with torch.no_grad():
+        for parameter in student.gap_embeddings.parameters():
+            parameter.add_(0.05)  # once trained, the gap embedding must reach the output
+        assert not torch.allclose(student(x, t, s, cond), euler, atol=1e-5)
+        assert torch.equal(student(x, t, t, cond), x)
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())  # the teacher's weights are copied, not shared
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    teacher, shape, cond = teachers()["unet_class"]
+    teacher.info = {"data": {"name": "toy"}, "num_classes": 10, "null_label": 9}
+    student = FlowMap.from_teacher(teacher)
+    with torch.no_grad():
+        for parameter in student.gap_embeddings.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # a trained gap embedding is non-zero
+    student.save_pretrained(tmp_path / "student")
+    loaded = load_student(tmp_path / "student")
+    for name, value in student.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(student(x, 0.8, 0.1, cond), loaded(x, 0.8, 0.1, cond))
+    assert loaded.info["num_classes"] == 10
+
+
+def test_sampling_a_student_jumps_between_grid_times():
+    teacher, shape, _ = teachers()["mlp"]
+    student = FlowMap.from_teacher(teacher)
+    noise = torch.randn(5, *shape)
+    one_step = distill.sample(student, noise, steps=1)
+    with torch.no_grad():
+        assert torch.equal(one_step, student(student.t_max * noise, student.t_max, 0.0))
+    # an untrained student on a grid is Euler on the teacher on the same grid
+    assert torch.allclose(distill.sample(student, noise, steps=4), distill.sample(teacher, noise, steps=4), atol=1e-6)
+    with pytest.raises(ValueError, match="takes no solver"):
+        distill.sample(student, noise, steps=2, solver="heun")
+
+
+def test_unsupported_network_is_named():
+    from distill.conventions import FlowMatchSchedule
+
+    teacher = ModuleTeacher(torch.nn.Linear(3, 2), FlowMatchSchedule(), "flow_prediction")
+    with pytest.raises(ValueError, match="does not know where Linear embeds time"):
+        FlowMap.from_teacher(teacher)
