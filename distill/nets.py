@@ -40,4 +40,32 @@ class VelocityMLP(nn.Module):
         return self.net(torch.cat([x, sinusoidal_embedding(timestep, self.embedding_dim).to(x.dtype)], dim=1))
 
 
-NETWORKS = {"VelocityMLP": VelocityMLP}
+class TwoTimeMLP(nn.Module):
+    """A from-scratch flow-map network ``(x [B, D], t [B], s [B]) -> F [B, D]`` in canonical time: an MLP on
+    ``[x, embedding(t), embedding(t - s)]`` (times scaled by 1000 before the sinusoidal embedding).
+
+    Args:
+        dim: data dimension D.
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+        embedding_dim: size of each time embedding.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, embedding_dim: int = 64):
+        super().__init__()
+        self.config = {"dim": dim, "hidden": hidden, "depth": depth, "embedding_dim": embedding_dim}
+        self.embedding_dim = embedding_dim
+        layers: list[nn.Module] = [nn.Linear(dim + 2 * embedding_dim, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor, cond=None) -> Tensor:
+        if cond is not None:
+            raise ValueError("TwoTimeMLP is unconditional: call it without cond")
+        times = [sinusoidal_embedding(1000 * v, self.embedding_dim).to(x.dtype) for v in (t, t - s)]
+        return self.net(torch.cat([x, *times], dim=1))
+
+
+NETWORKS = {"VelocityMLP": VelocityMLP, "TwoTimeMLP": TwoTimeMLP}

@@ -7,6 +7,7 @@ decreasing canonical times ending at the final time (usually 0). A solver has on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -152,7 +153,8 @@ def check_times(times: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------------------
 # The public entry points
 # ------------------------------------------------------------------------------------------------------------
-def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None) -> Tensor:
+def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None, gamma: float = 0.0,
+          generator: torch.Generator | None = None) -> Tensor:
     """Move ``x`` from ``times[0]`` to ``times[-1]``: a flow map jumps from grid time to grid time; a velocity field's
     probability-flow ODE is integrated with ``solver``.
 
@@ -163,6 +165,8 @@ def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None)
         times: decreasing canonical times.
         solver: for velocity fields ``"euler"`` (default), ``"heun"`` or ``"dpmpp2m"``; none for flow maps.
         cond: conditioning passed to every call.
+        gamma: flow maps only: CTM's gamma-sampling (0 deterministic, 1 consistency-model multistep).
+        generator: seeds the fresh noise of gamma-sampling.
     """
     times = check_times(times)
     if callable(getattr(model, "jump", None)):
@@ -170,8 +174,10 @@ def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None)
             raise ValueError("a flow map jumps between grid times: it takes no solver")
         with torch.no_grad():
             for t, s in zip(times[:-1].tolist(), times[1:].tolist()):
-                x = model.jump(x, t, s, cond)
+                x = _flow_map_step(model, x, t, s, cond, gamma, generator)
         return x
+    if gamma:
+        raise ValueError("gamma-sampling needs a flow map; an ODE solver is deterministic")
     if not callable(getattr(model, "velocity", None)):
         raise TypeError(f"{type(model).__name__} is neither a flow map (jump) nor a velocity field (velocity)")
     step = get_solver(solver or "euler")
@@ -184,6 +190,20 @@ def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None)
         return step(velocity, x, times)
 
 
+def _flow_map_step(model, x: Tensor, t: float, s: float, cond, gamma: float, generator) -> Tensor:
+    """Jump from t to s; with gamma > 0 jump past s to u = (1 - gamma) s and re-noise to s with the exact canonical
+    kernel x_s = ((1 - s) / (1 - u)) x_u + sqrt(s^2 - ((1 - s) u / (1 - u))^2) z (Kim et al. 2023, §4.2)."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    u = (1.0 - gamma) * s
+    x_u = model.jump(x, t, u, cond)
+    if u == s:
+        return x_u
+    z = torch.randn(x_u.shape, generator=generator, dtype=x_u.dtype).to(x_u.device)
+    keep = (1 - s) / (1 - u)
+    return keep * x_u + math.sqrt(max(s**2 - (keep * u) ** 2, 0.0)) * z
+
+
 def sample(
     model,
     noise: Tensor,
@@ -193,12 +213,15 @@ def sample(
     solver: str | None = None,
     grid: str = "uniform",
     cond=None,
+    gamma: float = 0.0,
+    generator: torch.Generator | None = None,
     **grid_options,
 ) -> Tensor:
     """Generate from ``noise``: start at the grid's first time ``t_0`` from ``x = t_0 * noise`` and move to the grid's
     end (``t = 0``: data) by flow-map jumps (a student) or an ODE solver (a teacher).
 
     Give either ``steps`` (a ``grid`` over the model's ``[t_min, t_max]``) or an explicit decreasing ``times``.
+    Flow maps may sample stochastically with ``gamma`` in [0, 1] (see :func:`solve`).
 
     Returns:
         The final state, [B, ...] like ``noise``.
@@ -207,4 +230,4 @@ def sample(
         raise ValueError("give exactly one of steps=K or times=<decreasing canonical times>")
     times = time_grid(model, steps, grid, **grid_options) if times is None else check_times(times)
     x = float(times[0]) * noise
-    return solve(model, x, times, solver=solver, cond=cond)
+    return solve(model, x, times, solver=solver, cond=cond, gamma=gamma, generator=generator)

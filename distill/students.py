@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .nets import sinusoidal_embedding
+from .nets import NETWORKS, sinusoidal_embedding
 from .teachers.base import NetworkTeacher, as_time_batch
 
 # Where each network class embeds time: the gap embedding is added to these modules' outputs.
@@ -28,6 +28,7 @@ TIME_EMBEDDINGS = {
 }
 STUDENT_FILE = "student.json"
 GAP_WEIGHTS = "gap_embeddings.safetensors"
+NETWORK_WEIGHTS = "network.safetensors"
 
 
 class GapEmbedding(nn.Module):
@@ -75,23 +76,30 @@ def _output_dim(module: nn.Module) -> int:
 
 
 class FlowMap(nn.Module):
-    """A two-time student built on a copy of a teacher's network.
+    """A two-time student: on a copy of a teacher's network (``FlowMap.from_teacher``), or on a from-scratch two-time
+    network ``network(x, t, s, cond) -> F`` (``FlowMap(TwoTimeMLP(...), sample_shape=(2,))``).
 
     ``forward(x, t, s, cond)`` returns ``X(x, t, s)`` ([B, ...] like ``x``; ``t``, ``s`` canonical, numbers or [B]).
     ``average_velocity(x, t, s, cond)`` returns ``F``. Sampling: ``distill.sample(student, noise, steps=K)``.
     """
 
-    def __init__(self, teacher: NetworkTeacher):
+    def __init__(self, base: nn.Module, *, t_min: float = 0.0, t_max: float = 1.0,
+                 sample_shape: tuple[int, ...] | None = None):
         super().__init__()
-        if not isinstance(teacher, NetworkTeacher):
-            raise TypeError(f"a FlowMap is built on a network teacher, got {type(teacher).__name__}")
-        self.base = teacher.requires_grad_(True)
-        self.t_min, self.t_max, self.sample_shape = teacher.t_min, teacher.t_max, teacher.sample_shape
-        self.info = teacher.info
-        hooked = _time_embedding_modules(_network(teacher))
-        self.hooked_modules = [name for name, _ in hooked]
-        self.gap_embeddings = nn.ModuleList(GapEmbedding(_output_dim(m)) for _, m in hooked)
+        if not isinstance(base, nn.Module):
+            raise TypeError(f"a FlowMap is built on a network teacher or a two-time network, got {type(base).__name__}")
+        self.base = base.requires_grad_(True)
+        self.gap_embeddings = nn.ModuleList()
+        self.hooked_modules: list[str] = []
         self._gap: Tensor | None = None
+        if not isinstance(base, NetworkTeacher):  # a from-scratch two-time network
+            self.t_min, self.t_max, self.sample_shape, self.info = t_min, t_max, sample_shape, {}
+            return
+        self.t_min, self.t_max, self.sample_shape = base.t_min, base.t_max, base.sample_shape
+        self.info = base.info
+        hooked = _time_embedding_modules(_network(base))
+        self.hooked_modules = [name for name, _ in hooked]
+        self.gap_embeddings.extend(GapEmbedding(_output_dim(m)) for _, m in hooked)
         for (_, module), embedding in zip(hooked, self.gap_embeddings):
             module.register_forward_hook(self._adder(embedding))
 
@@ -112,6 +120,8 @@ class FlowMap(nn.Module):
         """``F(x, t, s)``, with ``F(x, t, t) = v_teacher(x, t)`` at initialisation."""
         t = as_time_batch(t, x.shape[0], "FlowMap")
         s = as_time_batch(s, x.shape[0], "FlowMap")
+        if not isinstance(self.base, NetworkTeacher):
+            return self.base(x, t.to(x.dtype).to(x.device), s.to(x.dtype).to(x.device), cond)
         self._gap = (t - s).to(torch.float32)
         try:
             return self.base.velocity(x, t, cond)
@@ -128,17 +138,26 @@ class FlowMap(nn.Module):
 
     # --- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``network/`` (the copied network in its teacher's format), the gap embeddings and ``student.json``."""
+        """Write ``student.json`` and the weights: a copied teacher network in its teacher's format (``network/``)
+        plus the gap embeddings, or a built-in two-time network's safetensors."""
         from safetensors.torch import save_file
 
         from .teachers.loading import INFO_FILE
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.base.save_pretrained(folder / "network")
-        (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
-        save_file({k: v.contiguous() for k, v in self.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
-        spec = {"kind": "flow_map", "hooked_modules": self.hooked_modules, "info": self.info}
+        if isinstance(self.base, NetworkTeacher):
+            self.base.save_pretrained(folder / "network")
+            (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
+            save_file({k: v.contiguous() for k, v in self.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
+            spec = {"kind": "from_teacher", "hooked_modules": self.hooked_modules, "info": self.info}
+        else:
+            if type(self.base).__name__ not in NETWORKS:
+                raise ValueError(f"only built-in networks ({', '.join(NETWORKS)}) can be saved this way")
+            save_file({k: v.contiguous() for k, v in self.base.state_dict().items()}, folder / NETWORK_WEIGHTS)
+            spec = {"kind": "two_time_network", "network": type(self.base).__name__,
+                    "network_config": self.base.config, "t_min": self.t_min, "t_max": self.t_max,
+                    "sample_shape": list(self.sample_shape or []), "info": self.info}
         (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
         return folder
 
@@ -152,6 +171,14 @@ def load_student(folder: str | Path) -> FlowMap:
     folder = Path(folder)
     if not (folder / STUDENT_FILE).exists():
         raise FileNotFoundError(f"{folder} holds no student ({STUDENT_FILE} missing)")
+    spec = json.loads((folder / STUDENT_FILE).read_text())
+    if spec.get("kind") == "two_time_network":
+        network = NETWORKS[spec["network"]](**spec["network_config"])
+        network.load_state_dict(load_file(folder / NETWORK_WEIGHTS))
+        student = FlowMap(network, t_min=spec["t_min"], t_max=spec["t_max"],
+                          sample_shape=tuple(spec["sample_shape"]) or None)
+        student.info = spec["info"]
+        return student
     student = FlowMap(load_folder(folder / "network"))
     student.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
     return student

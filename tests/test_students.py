@@ -91,3 +91,42 @@ def test_unsupported_network_is_named():
     teacher = ModuleTeacher(torch.nn.Linear(3, 2), FlowMatchSchedule(), "flow_prediction")
     with pytest.raises(ValueError, match="does not know where Linear embeds time"):
         FlowMap.from_teacher(teacher)
+
+
+def test_from_scratch_two_time_network(tmp_path):
+    from distill.nets import TwoTimeMLP
+
+    torch.manual_seed(0)
+    student = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
+    x = torch.randn(6, 2)
+    with torch.no_grad():
+        assert torch.equal(student(x, 0.7, 0.7), x)
+        moved = student(x, 0.7, 0.2)
+    assert not torch.allclose(moved, x)
+    student.save_pretrained(tmp_path / "scratch")
+    loaded = load_student(tmp_path / "scratch")
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 0.7, 0.2), moved)
+    assert loaded.sample_shape == (2,) and distill.sample(loaded, torch.randn(4, 2), steps=2).shape == (4, 2)
+
+
+def test_gamma_sampling_ends_between_deterministic_and_consistency_multistep():
+    from distill.nets import TwoTimeMLP
+
+    torch.manual_seed(0)
+    student = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
+    noise = torch.randn(8, 2)
+    times = torch.tensor([1.0, 0.5, 0.0])
+    deterministic = distill.sample(student, noise, times=times)
+    assert torch.equal(distill.sample(student, noise, times=times, gamma=0.0), deterministic)
+    # gamma = 1: jump to 0, then re-noise to 0.5 exactly as the canonical path does: (1 - s) x_0 + s z
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x_mid = 0.5 * student(noise, 1.0, 0.0) + 0.5 * z
+        expected = student(x_mid, 0.5, 0.0)
+    multistep = distill.sample(student, noise, times=times, gamma=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(multistep, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="gamma must lie in"):
+        distill.sample(student, noise, times=times, gamma=1.5)
+    with pytest.raises(ValueError, match="needs a flow map"):
+        distill.sample(distill.load_teacher("eight-gaussians-exact"), noise, steps=2, gamma=0.5)
