@@ -16,6 +16,15 @@ def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) 
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+def _mlp(in_dim: int, hidden: int, depth: int, out_dim: int) -> nn.Sequential:
+    """``depth`` SiLU hidden layers of width ``hidden``, then a linear output layer."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.SiLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+    layers.append(nn.Linear(hidden, out_dim))
+    return nn.Sequential(*layers)
+
+
 class VelocityMLP(nn.Module):
     """An MLP ``(x [B, D], timestep [B]) -> [B, D]`` with a sinusoidal timestep embedding; 2-D teachers use it.
 
@@ -30,11 +39,7 @@ class VelocityMLP(nn.Module):
         super().__init__()
         self.config = {"dim": dim, "hidden": hidden, "depth": depth, "embedding_dim": embedding_dim}
         self.embedding_dim = embedding_dim
-        layers: list[nn.Module] = [nn.Linear(dim + embedding_dim, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, dim))
-        self.net = nn.Sequential(*layers)
+        self.net = _mlp(dim + embedding_dim, hidden, depth, dim)
 
     def forward(self, x: Tensor, timestep: Tensor) -> Tensor:
         return self.net(torch.cat([x, sinusoidal_embedding(timestep, self.embedding_dim).to(x.dtype)], dim=1))
@@ -55,11 +60,7 @@ class TwoTimeMLP(nn.Module):
         super().__init__()
         self.config = {"dim": dim, "hidden": hidden, "depth": depth, "embedding_dim": embedding_dim}
         self.embedding_dim = embedding_dim
-        layers: list[nn.Module] = [nn.Linear(dim + 2 * embedding_dim, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, dim))
-        self.net = nn.Sequential(*layers)
+        self.net = _mlp(dim + 2 * embedding_dim, hidden, depth, dim)
 
     def forward(self, x: Tensor, t: Tensor, s: Tensor, cond=None) -> Tensor:
         if cond is not None:
