@@ -11,8 +11,9 @@ from torch import Tensor, nn
 def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer-style embedding of scalars [B] -> [B, dim] (Vaswani et al. 2017, §3.5), as diffusers' timesteps."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device) / half)
-    angles = values.float()[:, None] * frequencies[None]
+    dtype = values.dtype if values.is_floating_point() else torch.float32
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=dtype) / half)
+    angles = values.to(dtype)[:, None] * frequencies[None]
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 

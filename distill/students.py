@@ -11,7 +11,6 @@ import copy
 import json
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from .nets import NETWORKS, sinusoidal_embedding
@@ -107,7 +106,8 @@ class FlowMap(nn.Module):
         def add_gap(module, inputs, output):
             if self._gap is None:
                 return output
-            return output + embedding(self._gap.to(output.device)).to(output.dtype)
+            weight = embedding.mlp[0].weight
+            return output + embedding(self._gap.to(weight.device, weight.dtype)).to(output.dtype)
 
         return add_gap
 
@@ -122,7 +122,7 @@ class FlowMap(nn.Module):
         s = as_time_batch(s, x.shape[0], "FlowMap")
         if not isinstance(self.base, NetworkTeacher):
             return self.base(x, t.to(x.dtype).to(x.device), s.to(x.dtype).to(x.device), cond)
-        self._gap = (t - s).to(torch.float32)
+        self._gap = t - s
         try:
             return self.base.velocity(x, t, cond)
         finally:

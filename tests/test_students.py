@@ -130,3 +130,22 @@ def test_gamma_sampling_ends_between_deterministic_and_consistency_multistep():
         distill.sample(student, noise, times=times, gamma=1.5)
     with pytest.raises(ValueError, match="needs a flow map"):
         distill.sample(distill.load_teacher("eight-gaussians-exact"), noise, steps=2, gamma=0.5)
+
+
+def test_derivatives_along_time_flow_through_a_student():
+    """dF/dt (the JVP MeanFlow and sCD need) reaches the network through the schedule and the gap embedding."""
+    from diffusers import DDIMScheduler
+
+    from distill.jvp import jvp
+
+    student = FlowMap.from_teacher(DiffusersTeacher(tiny_unet(), DDIMScheduler())).double()
+    with torch.no_grad():
+        for parameter in student.gap_embeddings.parameters():
+            parameter.add_(0.05)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    t, s = torch.tensor([0.6, 0.8], dtype=torch.float64), torch.tensor([0.1, 0.3], dtype=torch.float64)
+    tangents = (torch.zeros_like(x), torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    _, exact = jvp(student.average_velocity, (x, t, s), tangents, mode="double_backward")
+    _, difference = jvp(student.average_velocity, (x, t, s), tangents, mode="finite_difference", eps=1e-4)
+    assert exact.abs().max() > 0
+    assert (exact - difference).abs().max() / exact.abs().max() < 1e-2  # timesteps are embedded in float32

@@ -63,16 +63,19 @@ class Teacher(nn.Module):
 
 
 def as_time_batch(t: Tensor | float, batch: int, owner: str = "velocity") -> Tensor:
-    """``t`` as a float64 [B] tensor on the CPU (where schedule tables live), checked to lie in [0, 1]."""
-    t = torch.as_tensor(t).detach().to("cpu", F64)
+    """``t`` as a float64 [B] tensor on the CPU (where schedule tables live), checked to lie in [0, 1].
+
+    The conversion keeps ``t``'s autograd graph, so derivatives along time (JVPs with a time tangent) flow through.
+    """
+    t = torch.as_tensor(t).to("cpu", F64)
     if t.ndim == 0:
         t = t.expand(batch)
     if t.ndim != 1 or t.shape[0] != batch:
         raise ValueError(f"{owner}: t must be a number or a [B] tensor with B = {batch}, got shape {list(t.shape)}")
-    if bool(torch.isnan(t).any()) or float(t.min()) < 0 or float(t.max()) > 1:
-        raise ValueError(
-            f"{owner}: canonical t must lie in [0, 1] (0 = data, 1 = noise), got [{float(t.min())}, {float(t.max())}]"
-        )
+    values = t.detach()
+    if bool(torch.isnan(values).any()) or float(values.min()) < 0 or float(values.max()) > 1:
+        raise ValueError(f"{owner}: canonical t must lie in [0, 1] (0 = data, 1 = noise), "
+                         f"got [{float(values.min())}, {float(values.max())}]")
     return t
 
 
