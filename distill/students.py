@@ -128,13 +128,20 @@ class FlowMap(nn.Module):
         finally:
             self._gap = None
 
-    def forward(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None, output: str = "map") -> Tensor:
+        """``X(x, t, s)``, or ``F(x, t, s)`` with ``output="average_velocity"`` (training calls go through
+        ``forward`` so that DistributedDataParallel sees them)."""
+        if output == "average_velocity":
+            return self.average_velocity(x, t, s, cond)
+        if output != "map":
+            raise ValueError(f"output must be 'map' or 'average_velocity', got {output!r}")
         t64 = as_time_batch(t, x.shape[0], "FlowMap")
         s64 = as_time_batch(s, x.shape[0], "FlowMap")
         step = (s64 - t64).to(x.dtype).to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
         return x + step * self.average_velocity(x, t64, s64, cond)
 
-    jump = forward
+    def jump(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
+        return self.forward(x, t, s, cond)
 
     # --- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -7,5 +7,7 @@ from __future__ import annotations
 
 from .base import Batch, LossOutput
 from .denoising import DenoisingConfig, DenoisingLoss
+from .meanflow import MeanFlow, MeanFlowConfig
+from .timesteps import TimePairs
 
-__all__ = ["Batch", "DenoisingConfig", "DenoisingLoss", "LossOutput"]
+__all__ = ["Batch", "DenoisingConfig", "DenoisingLoss", "LossOutput", "MeanFlow", "MeanFlowConfig", "TimePairs"]
