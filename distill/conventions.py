@@ -93,17 +93,17 @@ class Schedule(ABC):
     def to_canonical(self, x_nat: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
         """Native ``(x_nat, tau)`` -> canonical ``(x, t)``; ``tau`` is [B] (or scalar), ``x_nat`` is [B, ...]."""
         alpha, sigma = self.alpha_sigma(_f64(tau))
-        scale = _per_example(alpha + sigma, x_nat)
+        scale = per_example(alpha + sigma, x_nat)
         return x_nat / scale, sigma / (alpha + sigma)
 
     def to_native(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Canonical ``(x, t)`` -> native ``(x_nat, tau)``."""
         tau = self.native_time(_f64(t))
         alpha, sigma = self.alpha_sigma(tau)
-        return x * _per_example(alpha + sigma, x), tau
+        return x * per_example(alpha + sigma, x), tau
 
 
-def _per_example(coefficient: Tensor, like: Tensor) -> Tensor:
+def per_example(coefficient: Tensor, like: Tensor) -> Tensor:
     """Reshape a [B] (or scalar) float64 coefficient to broadcast over ``like`` [B, ...] in ``like``'s dtype."""
     if coefficient.ndim == 1:
         coefficient = coefficient.reshape(-1, *([1] * (like.ndim - 1)))
@@ -435,19 +435,19 @@ class Parameterization:
     def model_input(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Canonical ``(x, t)`` -> ``(network input, network timestep [B] float64)``."""
         tau, alpha, sigma = self._scalars(t)
-        x_nat = x * _per_example(alpha + sigma, x)
+        x_nat = x * per_example(alpha + sigma, x)
         if self.prediction_type in ("edm", "edm_v"):
-            x_nat = x_nat * _per_example(self._edm_coefficients(sigma)[2], x)
+            x_nat = x_nat * per_example(self._edm_coefficients(sigma)[2], x)
         return x_nat, self.schedule.model_timestep(tau)
 
     def to_hub(self, output: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Network output at canonical ``(x, t)`` -> ``(x_data_hat, noise_hat)``."""
         tau, alpha, sigma = self._scalars(t)
-        x_nat = x * _per_example(alpha + sigma, x)
+        x_nat = x * per_example(alpha + sigma, x)
         p = self.prediction_type
 
         def c(value: Tensor) -> Tensor:
-            return _per_example(value, x)
+            return per_example(value, x)
 
         if p == "epsilon":
             _require_nonzero(alpha, "epsilon prediction is undefined where alpha = 0 (t = 1); sample from t_max")
@@ -479,7 +479,7 @@ class Parameterization:
         tau, alpha, sigma = self._scalars(t)
 
         def c(value: Tensor) -> Tensor:
-            return _per_example(value, x_data)
+            return per_example(value, x_data)
 
         p = self.prediction_type
         if p == "epsilon":

@@ -90,12 +90,14 @@ class Evaluation:
         features = self.classifier.run(self.real.x[order[: 2 * half]])[0]
         return features[:half], features[half:]
 
-    def _real_data(self) -> Dataset:
+    def _real_data(self, seed_offset: int = 1) -> Dataset:
+        """A real draw: exact samples of an analytic teacher, a fresh draw of a sampled set, or a fixed image set
+        whole (its size ignores ``samples``)."""
+        seed = self.seed + seed_offset
         exact = getattr(self.teacher, "sample_data", None)
-        if exact is not None:  # analytic teacher: fresh exact draws
-            x = exact(self.samples, torch.Generator().manual_seed(self.seed + 1)).float()
-            return Dataset(x, name=self.data_name)
-        return load_dataset(self.data_name, self.data_size, n=self.samples, seed=self.seed + 1)  # images: all of it
+        if exact is not None:
+            return Dataset(exact(self.samples, torch.Generator().manual_seed(seed)).float(), name=self.data_name)
+        return load_dataset(self.data_name, self.data_size, n=self.samples, seed=seed)
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -113,16 +115,14 @@ class Evaluation:
         return teacher_samples(self.teacher, self.noise, self.cond, solver, steps, progress=self.progress)
 
     # --- judging ------------------------------------------------------------------------------------------
-    def score(self, x: Tensor, model: str, kind: str, solver: str, nfe: int, seconds: float,
-              fidelity: bool = True) -> EvalRow:
+    def score(self, x: Tensor, model: str, kind: str, solver: str, nfe: int, seconds: float) -> EvalRow:
         row = EvalRow(model, kind, solver, nfe, seconds=round(seconds, 3))
         if self.classifier is not None:
             scores = metrics.image_metrics(x, self.real_features, self.classifier)
             row.fd, row.confident, row.class_entropy = scores["fd"], scores["confident"], scores["class_entropy"]
         elif not self.is_image:
             row.swd = metrics.sliced_wasserstein(x, self.real.x)
-        if fidelity:
-            row.fidelity_rmse = metrics.fidelity_rmse(x, self.reference())
+        row.fidelity_rmse = metrics.fidelity_rmse(x, self.reference())
         return row
 
     def teacher_rows(self, solvers=tuple(SOLVERS), nfes=DEFAULT_NFE, name: str = "teacher") -> list[EvalRow]:
@@ -145,11 +145,7 @@ class Evaluation:
         if self.classifier is not None:
             return {"fd": metrics.frechet_distance(self.floor_features, self.real_features),
                     "samples": len(self.floor_features)}
-        exact = getattr(self.teacher, "sample_data", None)
-        if exact is not None:
-            other = exact(self.samples, torch.Generator().manual_seed(self.seed + 2)).float()
-        else:
-            other = load_dataset(self.data_name, self.data_size, n=self.samples, seed=self.seed + 2).x
+        other = self._real_data(seed_offset=2).x
         return {"swd": metrics.sliced_wasserstein(other, self.real.x), "samples": self.samples}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from .conventions import per_example
 from .nets import NETWORKS, sinusoidal_embedding
 from .teachers.base import NetworkTeacher, as_time_batch
 
@@ -137,8 +138,7 @@ class FlowMap(nn.Module):
             raise ValueError(f"output must be 'map' or 'average_velocity', got {output!r}")
         t64 = as_time_batch(t, x.shape[0], "FlowMap")
         s64 = as_time_batch(s, x.shape[0], "FlowMap")
-        step = (s64 - t64).to(x.dtype).to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
-        return x + step * self.average_velocity(x, t64, s64, cond)
+        return x + per_example(s64 - t64, x) * self.average_velocity(x, t64, s64, cond)
 
     def jump(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
         return self.forward(x, t, s, cond)

@@ -13,7 +13,6 @@ import json
 
 import distill
 from distill.evaluate import Evaluation, markdown_table, plot_quality, report, save_samples, steps_for_nfe
-from distill.solvers import time_grid
 from distill.teachers.loading import ASSET_DIR
 
 
@@ -77,9 +76,7 @@ def main() -> None:
     (folder / "eval.json").write_text(json.dumps(result, indent=1))
     best = min(rows, key=lambda r: r.fd if r.fd is not None else r.swd)
     shown = 100 if evaluation.is_image else evaluation.samples
-    cond = None if evaluation.cond is None else evaluation.cond[:shown]
-    times = time_grid(teacher, steps_for_nfe(best.solver, best.nfe))
-    x = distill.sample(teacher, evaluation.noise[:shown], times=times, solver=best.solver, cond=cond)
+    x = evaluation.generate_with_solver(best.solver, steps_for_nfe(best.solver, best.nfe)).x[:shown]  # cached
     save_samples(x, folder / "samples.png", title=f"{args.name}: {best.solver}, {best.nfe} NFE")
     plot_quality(rows, folder / "quality.png", title=args.name)
     (folder / "README.md").write_text(card_text(args.name, teacher, result, rows, evaluation))

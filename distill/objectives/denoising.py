@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..conventions import F64, DiscreteVPSchedule
+from ..conventions import F64, DiscreteVPSchedule, per_example
 from ..teachers.base import NetworkTeacher
-from .base import Batch, LossOutput
+from .base import Batch, LossOutput, unwrap
 
 TIME_SAMPLING = ("table", "uniform", "logit_normal")
 
@@ -45,7 +45,7 @@ class DenoisingLoss:
         self.config = config or DenoisingConfig()
 
     def sample_times(self, model: NetworkTeacher, batch: int, generator: torch.Generator | None = None):
-        model = _unwrap(model)
+        model = unwrap(model)
         schedule, config = model.schedule, self.config
         t_min, t_max = model.t_min, model.t_max
         if config.time_sampling == "table":
@@ -62,10 +62,9 @@ class DenoisingLoss:
         x_data = batch.x
         noise = torch.randn_like(x_data)
         t = self.sample_times(model, x_data.shape[0])
-        shape = (-1, *([1] * (x_data.ndim - 1)))
-        x_t = (1 - t).to(x_data).reshape(shape) * x_data + t.to(x_data).reshape(shape) * noise  # canonical path
+        x_t = per_example(1 - t, x_data) * x_data + per_example(t, x_data) * noise  # canonical path
         output = model(x_t, t, self.drop_labels(batch.cond), raw=True)
-        target = _unwrap(model).parameterization.target(x_data, noise, t)
+        target = unwrap(model).parameterization.target(x_data, noise, t)
         loss = (output.float() - target.float()).pow(2).mean()
         return LossOutput(loss, {"loss": loss.item()})
 
@@ -75,8 +74,3 @@ class DenoisingLoss:
             return cond
         drop = torch.rand(cond.shape[0], device=cond.device) < p
         return torch.where(drop, torch.full_like(cond, self.config.null_label), cond)
-
-
-def _unwrap(model):
-    """The module inside a DistributedDataParallel (or similar) wrapper."""
-    return getattr(model, "module", model) if not hasattr(model, "parameterization") else model

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..conventions import per_example
 from ..jvp import jvp
-from .base import Batch, LossOutput
+from .base import Batch, LossOutput, unwrap
 from .timesteps import TimePairs
 
 
@@ -25,15 +26,6 @@ class MeanFlowConfig:
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
     jvp_mode: str = "auto"
-
-
-def _unwrap(model):
-    """The module inside a DistributedDataParallel wrapper (the JVP runs on it: its result is stop-gradient)."""
-    return getattr(model, "module", model) if not hasattr(model, "average_velocity") else model
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.to(like.dtype).to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class MeanFlow:
@@ -51,20 +43,20 @@ class MeanFlow:
         """``(v, F_tgt)`` at ``(x_t, t, s)``, both detached."""
         with torch.no_grad():
             v = self.teacher.velocity(x_t, t, cond)
-        inner = _unwrap(student)
+        inner = unwrap(student)
 
         def average_velocity(x, t_, s_):
             return inner.average_velocity(x, t_, s_, cond)
 
         tangents = (v, torch.ones_like(t), torch.zeros_like(s))
         _, dF_dt = jvp(average_velocity, (x_t, t, s), tangents, mode=self.config.jvp_mode)
-        return v, v + _per_example(s - t, x_t) * dF_dt
+        return v, v + per_example(s - t, x_t) * dF_dt
 
     def __call__(self, student, batch: Batch, step: int) -> LossOutput:
         x_data = batch.x
         t, s = self.config.times.sample(x_data.shape[0], self.teacher.t_min, self.teacher.t_max)
         noise = torch.randn_like(x_data)
-        x_t = (1 - _per_example(t, x_data)) * x_data + _per_example(t, x_data) * noise  # canonical path
+        x_t = (1 - per_example(t, x_data)) * x_data + per_example(t, x_data) * noise  # canonical path
         _, F_tgt = self.target(student, x_t, t, s, batch.cond)
         F = student(x_t, t, s, batch.cond, output="average_velocity")
         error = (F - F_tgt).pow(2).flatten(1).sum(1)  # [B]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..conventions import per_example
 from .base import Teacher
 
 
@@ -44,9 +45,7 @@ class GuidedTeacher(Teacher):
             raise ValueError("GuidedTeacher.velocity needs cond (the conditional input to guide towards)")
         t = self.check_inputs(x, t)
         batch = x.shape[0]
-        w = torch.as_tensor(self.guidance_scale if guidance is None else guidance, dtype=x.dtype, device=x.device)
-        if w.ndim == 1:
-            w = w.reshape(-1, *([1] * (x.ndim - 1)))
+        w = per_example(torch.as_tensor(self.guidance_scale if guidance is None else guidance), x)
         both = self.teacher.velocity(
             torch.cat([x, x]), torch.cat([t, t]), _stack_with_null(cond, self.null_cond, batch, x.device)
         )
