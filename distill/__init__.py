@@ -6,7 +6,7 @@ Importing this package is light: diffusers, accelerate, peft and onnx load only 
 
 from __future__ import annotations
 
-from . import conventions, solvers, teachers
+from . import conventions, objectives, solvers, teachers
 from .solvers import sample, solve, time_grid
 from .students import FlowMap, load_student
 from .teachers import (
@@ -17,6 +17,7 @@ from .teachers import (
     Teacher,
     load_teacher,
 )
+from .train import TrainConfig, train
 
 __version__ = "0.1.0"
 
@@ -27,12 +28,15 @@ __all__ = [
     "GuidedTeacher",
     "ModuleTeacher",
     "Teacher",
+    "TrainConfig",
     "conventions",
     "load_student",
     "load_teacher",
+    "objectives",
     "sample",
     "solve",
     "solvers",
     "teachers",
     "time_grid",
+    "train",
 ]

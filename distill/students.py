@@ -38,12 +38,21 @@ class GapEmbedding(nn.Module):
     def __init__(self, out_dim: int, frequencies: int = 64, scale: float = 1000.0):
         super().__init__()
         self.frequencies, self.scale = frequencies, scale
+        self.gap: Tensor | None = None  # t - s of the call in progress
         self.mlp = nn.Sequential(nn.Linear(frequencies, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, gap: Tensor) -> Tensor:
         return self.mlp(sinusoidal_embedding(gap * self.scale, self.frequencies))
+
+    def add_to_output(self, module: nn.Module, inputs, output: Tensor) -> Tensor:
+        """Forward hook on a time-embedding module: add the embedding of the current gap (set by the FlowMap call).
+        A bound method, so a deep copy of the student hooks its own copied embeddings."""
+        if self.gap is None:
+            return output
+        weight = self.mlp[0].weight
+        return output + self(self.gap.to(weight.device, weight.dtype)).to(output.dtype)
 
 
 def _network(teacher: NetworkTeacher) -> nn.Module:
@@ -91,7 +100,6 @@ class FlowMap(nn.Module):
         self.base = base.requires_grad_(True)
         self.gap_embeddings = nn.ModuleList()
         self.hooked_modules: list[str] = []
-        self._gap: Tensor | None = None
         if not isinstance(base, NetworkTeacher):  # a from-scratch two-time network
             self.t_min, self.t_max, self.sample_shape, self.info = t_min, t_max, sample_shape, {}
             return
@@ -101,16 +109,7 @@ class FlowMap(nn.Module):
         self.hooked_modules = [name for name, _ in hooked]
         self.gap_embeddings.extend(GapEmbedding(_output_dim(m)) for _, m in hooked)
         for (_, module), embedding in zip(hooked, self.gap_embeddings):
-            module.register_forward_hook(self._adder(embedding))
-
-    def _adder(self, embedding: GapEmbedding):
-        def add_gap(module, inputs, output):
-            if self._gap is None:
-                return output
-            weight = embedding.mlp[0].weight
-            return output + embedding(self._gap.to(weight.device, weight.dtype)).to(output.dtype)
-
-        return add_gap
+            module.register_forward_hook(embedding.add_to_output)
 
     @classmethod
     def from_teacher(cls, teacher: NetworkTeacher) -> FlowMap:
@@ -123,11 +122,13 @@ class FlowMap(nn.Module):
         s = as_time_batch(s, x.shape[0], "FlowMap")
         if not isinstance(self.base, NetworkTeacher):
             return self.base(x, t.to(x.dtype).to(x.device), s.to(x.dtype).to(x.device), cond)
-        self._gap = t - s
+        for embedding in self.gap_embeddings:
+            embedding.gap = t - s
         try:
             return self.base.velocity(x, t, cond)
         finally:
-            self._gap = None
+            for embedding in self.gap_embeddings:
+                embedding.gap = None
 
     def forward(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None, output: str = "map") -> Tensor:
         """``X(x, t, s)``, or ``F(x, t, s)`` with ``output="average_velocity"`` (training calls go through

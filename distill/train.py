@@ -93,7 +93,18 @@ def _state_for_safetensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema: dict, trainer_state: dict, keep: int = 2) -> Path:
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds: model weights, EMA weights by decay, optimiser/scheduler/step state, and the
+    objective's own state (target networks; empty for stateless objectives)."""
+
+    model: dict[str, Tensor]
+    ema: dict[float, dict[str, Tensor]]
+    trainer: dict
+    objective: dict[str, Tensor]
+
+
+def save_checkpoint(run_dir: Path, step: int, checkpoint: Checkpoint, keep: int = 2) -> Path:
     """Write ``run_dir/checkpoint-STEP`` atomically and point ``run_dir/latest`` at it."""
     from safetensors.torch import save_file
 
@@ -102,10 +113,12 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema: dict, trai
     partial = run_dir / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    save_file(_state_for_safetensors(model_state), partial / "model.safetensors")
-    for decay, weights in ema.items():
+    save_file(_state_for_safetensors(checkpoint.model), partial / "model.safetensors")
+    for decay, weights in checkpoint.ema.items():
         save_file(_state_for_safetensors(weights), partial / f"ema_{decay}.safetensors")
-    torch.save(trainer_state, partial / "trainer_state.pt")
+    if checkpoint.objective:
+        save_file(_state_for_safetensors(checkpoint.objective), partial / "objective.safetensors")
+    torch.save(checkpoint.trainer, partial / "trainer_state.pt")
     manifest = {"step": step, "files": {p.name: _sha256(p) for p in sorted(partial.iterdir())}}
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_tree(partial)
@@ -141,8 +154,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return folder
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
-    """Verify the manifest, then load ``(model_state, ema_by_decay, trainer_state)``; never half-way."""
+def load_checkpoint(folder: Path) -> Checkpoint:
+    """Verify the manifest, then load the checkpoint; never half-way."""
     from safetensors.torch import load_file
 
     manifest_file = folder / "manifest.json"
@@ -161,7 +174,9 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
     model_state = load_file(folder / "model.safetensors")
     ema = {float(p.stem.split("_", 1)[1]): load_file(p) for p in folder.glob("ema_*.safetensors")}
     trainer_state = torch.load(folder / "trainer_state.pt", weights_only=True)
-    return model_state, ema, trainer_state
+    objective_file = folder / "objective.safetensors"
+    objective = load_file(objective_file) if objective_file.exists() else {}
+    return Checkpoint(model_state, ema, trainer_state, objective)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -208,6 +223,7 @@ def train(
     run_dir: str | Path,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``objective`` over batches of ``data``; resume from ``run_dir``.
+    An objective with ``state_dict()`` and ``load_state_dict(state, model)`` (target networks) is checkpointed too.
 
     Returns the final EMA weights by decay (the model itself holds the raw weights).
     """
@@ -228,8 +244,11 @@ def train(
 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
-        model_state, ema_state, trainer_state = load_checkpoint(checkpoint)
+        saved = load_checkpoint(checkpoint)
+        model_state, ema_state, trainer_state = saved.model, saved.ema, saved.trainer
         model.load_state_dict(model_state)
+        if hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(saved.objective, model)
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         ema = {d: ema_state[d] for d in config.ema_decays} if set(ema_state) >= set(config.ema_decays) else ema
@@ -284,7 +303,9 @@ def train(
                 trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "step": step + 1, "skipped_steps": skipped, "config": json.dumps(asdict(config)),
                                  "seconds": earlier_seconds + time.perf_counter() - started}
-                save_checkpoint(run_dir, step + 1, raw_model.state_dict(), ema, trainer_state)
+                objective_state = objective.state_dict() if hasattr(objective, "state_dict") else {}
+                save_checkpoint(run_dir, step + 1, Checkpoint(raw_model.state_dict(), ema, trainer_state,
+                                                              objective_state))
     bar.close()
     return TrainResult(config.steps, ema, history, skipped, earlier_seconds + time.perf_counter() - started)
 

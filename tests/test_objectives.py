@@ -3,10 +3,31 @@ for a perturbed one."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from distill.objectives import Batch, MeanFlow, MeanFlowConfig, TimePairs
+from distill.conventions import per_example
+from distill.objectives import (
+    CTM,
+    Batch,
+    ConsistencyDistillation,
+    ConsistencyDistillationConfig,
+    ContinuousConsistency,
+    ContinuousConsistencyConfig,
+    CTMConfig,
+    EulerianMap,
+    EulerianMapConfig,
+    LagrangianMap,
+    LagrangianMapConfig,
+    MeanFlow,
+    MeanFlowConfig,
+    Progressive,
+    ProgressiveConfig,
+    Shortcut,
+    ShortcutConfig,
+    TimePairs,
+)
 from distill.teachers import GaussianMixtureTeacher
 
 F64 = torch.float64
@@ -30,7 +51,9 @@ class ExactFlowMap(nn.Module):
 
     def forward(self, x, t, s, cond=None, output="map"):
         F = self.average_velocity(x, t, s, cond)
-        return F if output == "average_velocity" else x + (torch.as_tensor(s) - torch.as_tensor(t)) * F
+        if output == "average_velocity":
+            return F
+        return x + per_example(torch.as_tensor(s, dtype=F64) - torch.as_tensor(t, dtype=F64), x) * F
 
 
 def mixture():
@@ -38,17 +61,54 @@ def mixture():
     return GaussianMixtureTeacher(means, 0.3, weights=[0.5, 0.3, 0.2])
 
 
-def test_meanflow_vanishes_at_the_exact_flow_map():
+UNIFORM = TimePairs(distribution="uniform", share_equal=0.25)
+
+# name -> (objective, the exact map's mse bound: its constant part, where the target uses the teacher's solver)
+EXACT_CASES = {
+    "meanflow": (lambda g: MeanFlow(g, MeanFlowConfig(times=UNIFORM, adaptive_p=0.0, jvp_mode="double_backward")),
+                 1e-9),
+    "eulerian_continuous": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, jvp_mode="double_backward")),
+                            1e-9),
+    # one Heun step over 5% of t - s: its local error
+    "eulerian_discrete": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, epsilon=0.05)), 1e-8),
+    "continuous_consistency": (lambda g: ContinuousConsistency(g, ContinuousConsistencyConfig(
+        jvp_mode="double_backward", warmup_steps=0)), 1e-9),
+    # the central difference in s with h = 1e-3
+    "lagrangian": (lambda g: LagrangianMap(g, LagrangianMapConfig(times=UNIFORM)), 1e-9),
+    "shortcut": (lambda g: Shortcut(g, ShortcutConfig(times=UNIFORM)), 1e-12),
+    # one Heun step of a 64-step grid
+    "consistency": (lambda g: ConsistencyDistillation(g, ConsistencyDistillationConfig(target_ema=0.0)), 1e-9),
+    # 8 Heun steps from t to u
+    "ctm": (lambda g: CTM(g, CTMConfig(times=UNIFORM, teacher_substeps=8)), 1e-5),
+    # two Heun steps of a 128-step grid (round 0)
+    "progressive": (lambda g: Progressive(g, ProgressiveConfig()), 1e-5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_CASES))
+def test_objective_vanishes_at_the_exact_flow_map(name):
+    make, bound = EXACT_CASES[name]
     teacher = mixture()
-    torch.manual_seed(0)
+    objective = make(teacher)
     batch = Batch(teacher.sample_data(64, torch.Generator().manual_seed(0)))
-    config = MeanFlowConfig(times=TimePairs(distribution="uniform", share_equal=0.25), adaptive_p=0.0,
-                            jvp_mode="double_backward")
-    objective = MeanFlow(teacher, config)
+    torch.manual_seed(0)
     exact = objective(ExactFlowMap(teacher), batch, step=0).metrics["mse"]
     torch.manual_seed(0)
     perturbed = objective(ExactFlowMap(teacher, scale=1.05), batch, step=0).metrics["mse"]
-    assert exact < 1e-9 < 1e-3 < perturbed, (exact, perturbed)
+    assert exact < bound and perturbed > 100 * bound, (exact, perturbed)
+
+
+def test_progressive_later_rounds_compose_the_frozen_student():
+    teacher = mixture()
+    objective = Progressive(teacher, ProgressiveConfig(start_steps=8, steps_per_round=10))
+    assert [objective.student_steps(k) for k in (0, 9, 10, 25, 1000)] == [4, 4, 2, 1, 1]
+    batch = Batch(teacher.sample_data(64, torch.Generator().manual_seed(0)))
+    exact = objective(ExactFlowMap(teacher), batch, step=10).metrics["mse"]  # the semigroup of the exact map
+    assert objective.previous_round == 1 and exact < 1e-12
+    state = objective.state_dict()
+    resumed = Progressive(teacher, ProgressiveConfig(start_steps=8, steps_per_round=10))
+    resumed.load_state_dict(state, ExactFlowMap(teacher))
+    assert resumed.previous_round == 1 and resumed.previous is not None
 
 
 def test_meanflow_trains_a_student_in_the_loop(tmp_path):
@@ -79,3 +139,79 @@ def test_time_pairs_are_ordered_with_the_requested_shares():
     t, s = pairs.sample(20000, 0.01, 0.99, torch.Generator().manual_seed(0))
     assert bool((s <= t).all()) and float(t.min()) >= 0.01 and float(t.max()) <= 0.99
     assert abs(float((s == t).double().mean()) - 0.3) < 0.02 and abs(float((s == 0).double().mean()) - 0.2) < 0.02
+
+
+ALL_OBJECTIVES = {
+    "meanflow": lambda g: MeanFlow(g),
+    "eulerian_continuous": lambda g: EulerianMap(g),
+    "eulerian_discrete": lambda g: EulerianMap(g, EulerianMapConfig(epsilon=0.1, target_ema=0.9)),
+    "continuous_consistency": lambda g: ContinuousConsistency(g),
+    "lagrangian": lambda g: LagrangianMap(g),
+    "shortcut": lambda g: Shortcut(g),
+    "consistency": lambda g: ConsistencyDistillation(g),
+    "ctm": lambda g: CTM(g),
+    "progressive": lambda g: Progressive(g, ProgressiveConfig(start_steps=4, steps_per_round=1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_OBJECTIVES))
+def test_every_objective_backpropagates_through_a_diffusers_unet_student(name):
+    from diffusers import DDIMScheduler
+
+    from distill.students import FlowMap
+    from distill.teachers import DiffusersTeacher
+
+    from .conftest import tiny_unet
+
+    teacher = DiffusersTeacher(tiny_unet(num_class_embeds=4), DDIMScheduler())
+    teacher.info = {"null_label": 3}
+    student = FlowMap.from_teacher(teacher)
+    objective = ALL_OBJECTIVES[name](teacher)
+    batch = Batch(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))
+    for step in range(2):  # the second step uses targets (EMA, previous round) built on the first
+        student.zero_grad()
+        out = objective(student, batch, step)
+        out.loss.backward()
+    assert torch.isfinite(out.loss) and out.metrics["loss"] == pytest.approx(out.loss.item())
+    grads = [p.grad for p in student.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().max()) > 0 for g in grads)
+
+
+def test_guidance_scale_reaches_the_teacher():
+    from distill.teachers import GuidedTeacher
+
+    teacher = mixture()
+    with pytest.raises(ValueError, match="null_label"):
+        MeanFlow(teacher, MeanFlowConfig(guidance=2.0))
+    teacher.info = {"null_label": 3}
+    guided = CTM(teacher, CTMConfig(guidance=2.0)).teacher
+    assert isinstance(guided, GuidedTeacher) and guided.guidance_scale == 2.0 and guided.null_cond == 3
+    with pytest.raises(TypeError, match="MeanFlowConfig"):
+        MeanFlow(teacher, CTMConfig())
+
+
+def test_ema_target_resumes_with_the_run(tmp_path):
+    from distill.data import Dataset
+    from distill.nets import TwoTimeMLP
+    from distill.students import FlowMap
+    from distill.train import TrainConfig, train
+
+    teacher = mixture()
+    data = Dataset(teacher.sample_data(256, torch.Generator().manual_seed(1)).float())
+
+    def run(steps, folder):
+        torch.manual_seed(0)
+        student = FlowMap(TwoTimeMLP(hidden=16, depth=2, embedding_dim=8), sample_shape=(2,))
+        objective = ConsistencyDistillation(teacher, ConsistencyDistillationConfig(target_ema=0.9, intervals=8))
+        config = TrainConfig(steps=steps, batch_size=32, learning_rate=1e-2, warmup_steps=1, progress=False,
+                             checkpoint_every=3, log_every=1)
+        train(student, objective, data, config, folder)
+        return student, objective
+
+    straight, straight_objective = run(6, tmp_path / "straight")
+    run(3, tmp_path / "resumed")
+    resumed, resumed_objective = run(6, tmp_path / "resumed")  # a new process: the EMA target comes from disk
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(straight_objective.state_dict().values(),
+                                                 resumed_objective.state_dict().values()))

@@ -1,13 +1,37 @@
 """Training objectives, one file each, one call shape: ``objective(model, batch, step) -> LossOutput``.
 
-``DenoisingLoss`` trains teachers; the flow-map distillation objectives (METHODS.md) join it here.
+``DenoisingLoss`` trains teachers; the others distil a teacher into a flow-map student (METHODS.md).
 """
 
 from __future__ import annotations
 
-from .base import Batch, LossOutput
+from .base import Batch, DistillationConfig, LossOutput, TargetNetwork
+from .consistency import ConsistencyDistillation, ConsistencyDistillationConfig
+from .continuous_consistency import ContinuousConsistency, ContinuousConsistencyConfig
+from .ctm import CTM, CTMConfig
 from .denoising import DenoisingConfig, DenoisingLoss
+from .eulerian import EulerianMap, EulerianMapConfig
+from .lagrangian import LagrangianMap, LagrangianMapConfig
 from .meanflow import MeanFlow, MeanFlowConfig
+from .progressive import Progressive, ProgressiveConfig
+from .shortcut import Shortcut, ShortcutConfig
 from .timesteps import TimePairs
 
-__all__ = ["Batch", "DenoisingConfig", "DenoisingLoss", "LossOutput", "MeanFlow", "MeanFlowConfig", "TimePairs"]
+# name -> (objective, config) for configs and the command line
+OBJECTIVES = {
+    "consistency": (ConsistencyDistillation, ConsistencyDistillationConfig),
+    "continuous_consistency": (ContinuousConsistency, ContinuousConsistencyConfig),
+    "meanflow": (MeanFlow, MeanFlowConfig),
+    "eulerian": (EulerianMap, EulerianMapConfig),
+    "lagrangian": (LagrangianMap, LagrangianMapConfig),
+    "shortcut": (Shortcut, ShortcutConfig),
+    "ctm": (CTM, CTMConfig),
+    "progressive": (Progressive, ProgressiveConfig),
+}
+
+__all__ = [
+    "CTM", "OBJECTIVES", "Batch", "CTMConfig", "ConsistencyDistillation", "ConsistencyDistillationConfig",
+    "ContinuousConsistency", "ContinuousConsistencyConfig", "DenoisingConfig", "DenoisingLoss", "DistillationConfig",
+    "EulerianMap", "EulerianMapConfig", "LagrangianMap", "LagrangianMapConfig", "LossOutput", "MeanFlow",
+    "MeanFlowConfig", "Progressive", "ProgressiveConfig", "Shortcut", "ShortcutConfig", "TargetNetwork", "TimePairs",
+]

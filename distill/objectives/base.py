@@ -1,10 +1,19 @@
-"""What every objective takes and returns."""
+"""What every objective takes and returns, and the pieces the distillation objectives share (METHODS.md)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
+
+from ..conventions import per_example
+from ..jvp import chosen_mode, jvp
+from .timesteps import TimePairs
+
+DISTANCES = ("l2", "pseudo_huber")
+TEACHER_SOLVERS = ("euler", "heun")
 
 
 @dataclass
@@ -29,3 +38,186 @@ def unwrap(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@dataclass
+class DistillationConfig:
+    """Settings every distillation objective shares.
+
+    ``times``: how (t, s) pairs are drawn. ``guidance``: a classifier-free guidance scale for the teacher (its
+    ``info["null_label"]`` is the unconditional class), ``None`` for the plain teacher. ``distance``: ``l2`` (the
+    squared norm ``|a - b|^2`` per example) or ``pseudo_huber`` (``sqrt(|a - b|^2 + c^2) - c``,
+    ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``: the adaptive weight
+    ``1 / (d + 1e-3)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off)."""
+
+    times: TimePairs = field(default_factory=TimePairs)
+    guidance: float | None = None
+    distance: str = "l2"
+    adaptive_p: float = 0.0
+
+    def __post_init__(self):
+        if self.distance not in DISTANCES:
+            raise ValueError(f"unknown distance {self.distance!r}; use one of {', '.join(DISTANCES)}")
+
+
+class DistillationObjective:
+    """Base of the flow-map distillation objectives: ``objective(student, batch, step) -> LossOutput``.
+
+    Args:
+        teacher: the velocity field to distil (:class:`~distill.teachers.Teacher`).
+        config: the objective's config dataclass (a subclass of :class:`DistillationConfig`).
+    """
+
+    config_class = DistillationConfig
+
+    def __init__(self, teacher, config: DistillationConfig | None = None):
+        self.config = config or self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, "
+                            f"got {type(self.config).__name__}")
+        self.teacher = with_guidance(teacher, self.config.guidance)
+        self._jvp_mode = getattr(self.config, "jvp_mode", "auto")
+        # X⁻ for the methods whose config has a target_ema
+        self.target_network = TargetNetwork(self.config.target_ema) if hasattr(self.config, "target_ema") else None
+
+    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The objective's own state to checkpoint with the run (the target network's EMA weights)."""
+        return {} if self.target_network is None else self.target_network.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor], student: nn.Module) -> None:
+        if self.target_network is not None:
+            self.target_network.load_state_dict(state, student)
+
+    # --- shared steps -----------------------------------------------------------------------------------------
+    def sample_times(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """``(t, s)`` float64 [B] on the teacher's range, ``s <= t``."""
+        return self.config.times.sample(batch_size, self.teacher.t_min, self.teacher.t_max)
+
+    def velocity(self, x: Tensor, t: Tensor, cond) -> Tensor:
+        """The teacher's velocity, without gradient."""
+        with torch.no_grad():
+            return self.teacher.velocity(x, t, cond)
+
+    def teacher_step(self, x: Tensor, t: Tensor, s: Tensor, cond, solver: str = "heun", substeps: int = 1) -> Tensor:
+        """Move ``x`` from ``t`` to ``s`` (per example) with ``substeps`` Euler or Heun steps of the teacher (Heun
+        falls back to Euler on a step that ends below the teacher's ``t_min``, as EDM's Algorithm 1 does at 0)."""
+        if solver not in TEACHER_SOLVERS:
+            raise ValueError(f"unknown teacher solver {solver!r}; use one of {', '.join(TEACHER_SOLVERS)}")
+        for k in range(substeps):
+            t_k = t + (s - t) * (k / substeps)
+            s_k = t + (s - t) * ((k + 1) / substeps)
+            h = per_example(s_k - t_k, x)
+            v = self.velocity(x, t_k, cond)
+            x_euler = x + h * v
+            if solver == "euler":
+                x = x_euler
+                continue
+            correct = (s_k >= self.teacher.t_min) & (s_k != t_k)
+            v_end = self.velocity(x_euler, torch.where(correct, s_k, t_k), cond)
+            x = select(correct, x + h * (v + v_end) / 2, x_euler)
+        return x
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-example distance [B] between two batches (``config.distance``)."""
+        squared = (a.float() - b.float()).pow(2).flatten(1)
+        if self.config.distance == "l2":
+            return squared.sum(1)
+        c = 0.00054 * squared.shape[1] ** 0.5
+        return (squared.sum(1) + c * c).sqrt() - c
+
+    def reduce(self, distance: Tensor, mse: Tensor, **metrics: float) -> LossOutput:
+        """The weighted mean of the per-example ``distance`` [B] as the loss; logs it unweighted, and ``mse`` (the
+        mean squared error per element of the compared quantities, what the exact-map tests read)."""
+        weight = (distance.detach() + 1e-3).pow(-self.config.adaptive_p) if self.config.adaptive_p else 1.0
+        loss = (weight * distance).mean()
+        return LossOutput(loss, {"loss": loss.item(), "distance": distance.mean().item(), "mse": mse.mean().item(),
+                                 **metrics})
+
+    def compare(self, a: Tensor, b: Tensor, **metrics: float) -> LossOutput:
+        """``reduce`` of the distance between ``a`` (with gradient) and the target ``b``."""
+        mse = (a.detach().float() - b.detach().float()).pow(2).flatten(1).mean(1)
+        return self.reduce(self.distance(a, b), mse, **metrics)
+
+    def jvp(self, fn, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """``distill.jvp`` in the configured mode; an ``auto`` choice is remembered for the following steps."""
+        output, product = jvp(fn, primals, tangents, mode=self._jvp_mode)
+        self._jvp_mode = chosen_mode(fn) or self._jvp_mode
+        return output, product
+
+
+def noised(x_data: Tensor, t: Tensor) -> Tensor:
+    """``x_t = (1 - t) x_data + t noise`` with fresh noise (the canonical path)."""
+    return per_example(1 - t, x_data) * x_data + per_example(t, x_data) * torch.randn_like(x_data)
+
+
+def with_guidance(teacher, guidance: float | None):
+    """``teacher`` itself, or wrapped in classifier-free guidance at scale ``guidance`` (null class from its info)."""
+    if guidance is None:
+        return teacher
+    from ..teachers.guided import GuidedTeacher
+
+    null = getattr(teacher, "info", {}).get("null_label")
+    if null is None:
+        raise ValueError("guidance needs a class-conditional teacher whose info names its null_label")
+    return GuidedTeacher(teacher, guidance, null)
+
+
+def repeat_batch(value, times: int):
+    """A tensor, dict of tensors or ``None`` repeated ``times`` along the batch dimension (several evaluations in
+    one forward pass, so DistributedDataParallel sees a single call)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: repeat_batch(v, times) for k, v in value.items()}
+    return torch.cat([value] * times)
+
+
+def select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per example: ``a`` where ``mask`` [B] holds, else ``b``."""
+    return torch.where(mask.to(a.device).view(-1, *[1] * (a.ndim - 1)), a, b)
+
+
+def gap(t: Tensor, s: Tensor, like: Tensor) -> Tensor:
+    """``s - t`` broadcast against ``like``."""
+    return per_example(s - t, like)
+
+
+class TargetNetwork:
+    """``X⁻``: the student's weights without gradient. ``decay = 0`` is the stop-gradient copy of the current
+    weights (sCM, ECT); ``decay > 0`` keeps an exponential moving average (Song et al. 2023, eq. 8), updated once per
+    training step and saved with the run (``state_dict``).
+
+    Gradients still flow through the *inputs* of a target call (CTM maps the student's output with it)."""
+
+    def __init__(self, decay: float = 0.0):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"target EMA decay must lie in [0, 1), got {decay}")
+        self.decay = decay
+        self.average: nn.Module | None = None
+        self._step: int | None = None
+
+    def __call__(self, student: nn.Module, step: int):
+        """A function ``(x, t, s, cond, output="map") -> X⁻`` for this step."""
+        inner = unwrap(student)
+        if self.decay == 0.0:
+            weights = {name: p.detach() for name, p in inner.named_parameters()}
+            return lambda *args, **kwargs: torch.func.functional_call(inner, weights, args, kwargs)
+        if self.average is None:
+            self.average = copy.deepcopy(inner).requires_grad_(False)
+        elif step != self._step:
+            with torch.no_grad():
+                for average, current in zip(self.average.parameters(), inner.parameters()):
+                    average.lerp_(current.detach().to(average.dtype), 1 - self.decay)
+        self._step = step
+        return self.average
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self.average is None else dict(self.average.state_dict())
+
+    def load_state_dict(self, state: dict[str, Tensor], student: nn.Module) -> None:
+        if state:
+            self.average = copy.deepcopy(unwrap(student)).requires_grad_(False)
+            self.average.load_state_dict(state)

@@ -7,59 +7,55 @@ onto the stop-gradient target ``F_tgt = v(x_t, t) + (s - t) JVP(F; (x_t, t, s) -
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from ..conventions import per_example
-from ..jvp import jvp
-from .base import Batch, LossOutput, unwrap
-from .timesteps import TimePairs
+from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, gap, noised, unwrap
 
 
 @dataclass
-class MeanFlowConfig:
-    """``adaptive_p``/``adaptive_c``: the adaptive weight ``1 / (|F - F_tgt|^2 + c)^p`` (stop-gradient; p = 0 is plain
-    MSE); ``jvp_mode``: see ``distill.jvp``."""
+class MeanFlowConfig(DistillationConfig):
+    """MeanFlow's defaults: a quarter of the pairs at ``s = t`` (``times.share_equal``), adaptive weight p = 1.
+    ``jvp_mode``: see ``distill.jvp``."""
 
-    times: TimePairs = field(default_factory=TimePairs)
     adaptive_p: float = 1.0
-    adaptive_c: float = 1e-3
     jvp_mode: str = "auto"
 
 
-class MeanFlow:
+def eulerian_target(objective: DistillationObjective, average_velocity, x_t: Tensor, t: Tensor, s: Tensor,
+                    v: Tensor, scale: float = 1.0) -> Tensor:
+    """``v + scale (s - t) dF/dt`` with ``dF/dt`` the JVP of ``average_velocity(x, t, s)`` along ``(v, 1, 0)``
+    (detached): the average velocity the Eulerian identity asks for (``scale = 1``)."""
+    tangents = (v, torch.ones_like(t), torch.zeros_like(s))
+    _, dF_dt = objective.jvp(average_velocity, (x_t, t, s), tangents)
+    return v + scale * gap(t, s, x_t) * dF_dt
+
+
+class MeanFlow(DistillationObjective):
     """``objective(student, batch, step) -> LossOutput`` with the teacher's velocity as the instantaneous one.
 
     Args:
-        teacher: the velocity field (a ``GuidedTeacher`` distils guidance at its scale).
+        teacher: the velocity field (``config.guidance`` distils classifier-free guidance at that scale).
         config: time pairs, adaptive weighting, JVP mode.
     """
 
-    def __init__(self, teacher, config: MeanFlowConfig | None = None):
-        self.teacher, self.config = teacher, config or MeanFlowConfig()
+    config_class = MeanFlowConfig
 
-    def target(self, student, x_t, t, s, cond) -> tuple[torch.Tensor, torch.Tensor]:
+    def target(self, student, x_t: Tensor, t: Tensor, s: Tensor, cond) -> tuple[Tensor, Tensor]:
         """``(v, F_tgt)`` at ``(x_t, t, s)``, both detached."""
-        with torch.no_grad():
-            v = self.teacher.velocity(x_t, t, cond)
+        v = self.velocity(x_t, t, cond)
         inner = unwrap(student)
 
         def average_velocity(x, t_, s_):
             return inner.average_velocity(x, t_, s_, cond)
 
-        tangents = (v, torch.ones_like(t), torch.zeros_like(s))
-        _, dF_dt = jvp(average_velocity, (x_t, t, s), tangents, mode=self.config.jvp_mode)
-        return v, v + per_example(s - t, x_t) * dF_dt
+        return v, eulerian_target(self, average_velocity, x_t, t, s, v)
 
     def __call__(self, student, batch: Batch, step: int) -> LossOutput:
-        x_data = batch.x
-        t, s = self.config.times.sample(x_data.shape[0], self.teacher.t_min, self.teacher.t_max)
-        noise = torch.randn_like(x_data)
-        x_t = (1 - per_example(t, x_data)) * x_data + per_example(t, x_data) * noise  # canonical path
+        t, s = self.sample_times(batch.x.shape[0])
+        x_t = noised(batch.x, t)
         _, F_tgt = self.target(student, x_t, t, s, batch.cond)
         F = student(x_t, t, s, batch.cond, output="average_velocity")
-        error = (F - F_tgt).pow(2).flatten(1).sum(1)  # [B]
-        weight = (error.detach() + self.config.adaptive_c).pow(-self.config.adaptive_p)
-        loss = (weight * error).mean()
-        return LossOutput(loss, {"loss": loss.item(), "mse": error.mean().item() / x_data[0].numel()})
+        return self.compare(F, F_tgt)
