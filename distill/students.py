@@ -11,6 +11,7 @@ import copy
 import json
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from .conventions import per_example
@@ -29,6 +30,7 @@ TIME_EMBEDDINGS = {
 STUDENT_FILE = "student.json"
 GAP_WEIGHTS = "gap_embeddings.safetensors"
 NETWORK_WEIGHTS = "network.safetensors"
+SCHEDULER_TIMESTEPS = 1000  # diffusers' flow-map scheduler counts time in thousandths
 
 
 class GapEmbedding(nn.Module):
@@ -167,7 +169,24 @@ class FlowMap(nn.Module):
                     "network_config": self.base.config, "t_min": self.t_min, "t_max": self.t_max,
                     "sample_shape": list(self.sample_shape or []), "info": self.info}
         (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
+        _write_scheduler_config(folder / "scheduler")
         return folder
+
+    def diffusers_output(self, x: Tensor, timestep: Tensor | float, r_timestep: Tensor | float, cond=None) -> Tensor:
+        """The model output that diffusers' ``FlowMapEulerDiscreteScheduler.step(output, timestep, x, r_timestep)``
+        expects: the average velocity ``F(x, t, r)``, with its timesteps being ``1000 t`` (canonical time)."""
+        t = torch.as_tensor(timestep).to("cpu", torch.float64) / SCHEDULER_TIMESTEPS
+        r = torch.as_tensor(r_timestep).to("cpu", torch.float64) / SCHEDULER_TIMESTEPS
+        return self.average_velocity(x, t, r, cond)
+
+
+def _write_scheduler_config(folder: Path) -> None:
+    """A ``scheduler/`` folder that ``FlowMapEulerDiscreteScheduler.from_pretrained`` loads: its step,
+    ``x_r = x_t - (t - r) F``, is this student's jump in canonical time (``timestep = 1000 t``)."""
+    folder.mkdir(exist_ok=True)
+    config = {"_class_name": "FlowMapEulerDiscreteScheduler", "num_train_timesteps": SCHEDULER_TIMESTEPS,
+              "shift": 1.0}
+    (folder / "scheduler_config.json").write_text(json.dumps(config, indent=2))
 
 
 def load_student(folder: str | Path) -> FlowMap:

@@ -93,21 +93,27 @@ def test_unsupported_network_is_named():
         FlowMap.from_teacher(teacher)
 
 
-def test_from_scratch_two_time_network(tmp_path):
-    from distill.nets import TwoTimeMLP
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_from_scratch_two_time_network(tmp_path, kind):
+    from distill.nets import TwoTimeMLP, TwoTimeUNet
 
     torch.manual_seed(0)
-    student = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
-    x = torch.randn(6, 2)
+    if kind == "mlp":
+        network, shape, cond = TwoTimeMLP(hidden=32), (2,), None
+    else:
+        network, shape, cond = TwoTimeUNet(channels=1, width=8, num_classes=3), (1, 8, 8), torch.tensor([0, 1, 2] * 2)
+    student = FlowMap(network, sample_shape=shape)
+    x = torch.randn(6, *shape)
     with torch.no_grad():
-        assert torch.equal(student(x, 0.7, 0.7), x)
-        moved = student(x, 0.7, 0.2)
+        assert torch.equal(student(x, 0.7, 0.7, cond), x)
+        moved = student(x, 0.7, 0.2, cond)
     assert not torch.allclose(moved, x)
     student.save_pretrained(tmp_path / "scratch")
     loaded = load_student(tmp_path / "scratch")
     with torch.no_grad():
-        assert torch.equal(loaded(x, 0.7, 0.2), moved)
-    assert loaded.sample_shape == (2,) and distill.sample(loaded, torch.randn(4, 2), steps=2).shape == (4, 2)
+        assert torch.equal(loaded(x, 0.7, 0.2, cond), moved)
+    assert loaded.sample_shape == shape
+    assert distill.sample(loaded, torch.randn(6, *shape), steps=2, cond=cond).shape == (6, *shape)
 
 
 def test_gamma_sampling_ends_between_deterministic_and_consistency_multistep():
@@ -149,3 +155,32 @@ def test_derivatives_along_time_flow_through_a_student():
     _, difference = jvp(student.average_velocity, (x, t, s), tangents, mode="finite_difference", eps=1e-4)
     assert exact.abs().max() > 0
     assert (exact - difference).abs().max() / exact.abs().max() < 1e-2  # timesteps are embedded in float32
+
+
+@pytest.mark.parametrize("kind", ["from_teacher", "two_time"])
+def test_diffusers_flow_map_scheduler_loop_equals_distill_sample(tmp_path, kind):
+    from diffusers import DDIMScheduler, FlowMapEulerDiscreteScheduler
+
+    from distill.nets import TwoTimeMLP
+
+    torch.manual_seed(0)
+    if kind == "from_teacher":  # a DDPM teacher: t_max < 1, so the grid is passed to the scheduler as sigmas
+        student, shape = FlowMap.from_teacher(DiffusersTeacher(tiny_unet(), DDIMScheduler())), (3, 8, 8)
+        for embedding in student.gap_embeddings:
+            torch.nn.init.normal_(embedding.mlp[-1].weight, std=0.1)  # a student that is not one Euler step
+    else:
+        student, shape = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,)), (2,)
+    student.save_pretrained(tmp_path / "student")
+    scheduler = FlowMapEulerDiscreteScheduler.from_pretrained(tmp_path / "student", subfolder="scheduler")
+    noise = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    for steps in (1, 2, 4):
+        times = distill.time_grid(student, steps)
+        scheduler.set_timesteps(sigmas=times[:-1].tolist())
+        x = float(times[0]) * noise
+        with torch.no_grad():
+            for i, t in enumerate(scheduler.timesteps):  # the diffusers sampling loop
+                r = scheduler.sigmas[i + 1] * scheduler.config.num_train_timesteps
+                x = scheduler.step(student.diffusers_output(x, t, r), t, x, r_timestep=r).prev_sample
+        expected = distill.sample(student, noise, times=times)
+        relative = float((x.float() - expected).abs().max() / expected.abs().max())
+        assert relative < 1e-5, (steps, relative)  # float32 rounding in the scheduler's arithmetic
