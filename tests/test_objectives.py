@@ -67,7 +67,7 @@ UNIFORM = TimePairs(distribution="uniform", share_equal=0.25)
 EXACT_CASES = {
     "meanflow": (lambda g: MeanFlow(g, MeanFlowConfig(times=UNIFORM, adaptive_p=0.0, jvp_mode="double_backward")),
                  1e-9),
-    "eulerian_continuous": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, jvp_mode="double_backward")),
+    "eulerian_continuous": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, epsilon=0.0, jvp_mode="double_backward")),
                             1e-9),
     # one Heun step over 5% of t - s: its local error
     "eulerian_discrete": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, epsilon=0.05)), 1e-8),
@@ -143,7 +143,7 @@ def test_time_pairs_are_ordered_with_the_requested_shares():
 
 ALL_OBJECTIVES = {
     "meanflow": lambda g: MeanFlow(g),
-    "eulerian_continuous": lambda g: EulerianMap(g),
+    "eulerian_continuous": lambda g: EulerianMap(g, EulerianMapConfig(epsilon=0.0)),
     "eulerian_discrete": lambda g: EulerianMap(g, EulerianMapConfig(epsilon=0.1, target_ema=0.9)),
     "continuous_consistency": lambda g: ContinuousConsistency(g),
     "lagrangian": lambda g: LagrangianMap(g),

@@ -47,13 +47,14 @@ class DistillationConfig:
     ``times``: how (t, s) pairs are drawn. ``guidance``: a classifier-free guidance scale for the teacher (its
     ``info["null_label"]`` is the unconditional class), ``None`` for the plain teacher. ``distance``: ``l2`` (the
     squared norm ``|a - b|^2`` per example) or ``pseudo_huber`` (``sqrt(|a - b|^2 + c^2) - c``,
-    ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``: the adaptive weight
-    ``1 / (d + 1e-3)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off)."""
+    ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``, ``adaptive_c``: the adaptive weight
+    ``1 / (d + c)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off)."""
 
     times: TimePairs = field(default_factory=TimePairs)
     guidance: float | None = None
     distance: str = "l2"
     adaptive_p: float = 0.0
+    adaptive_c: float = 1e-3
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
@@ -128,18 +129,17 @@ class DistillationObjective:
         c = 0.00054 * squared.shape[1] ** 0.5
         return (squared.sum(1) + c * c).sqrt() - c
 
-    def reduce(self, distance: Tensor, mse: Tensor, **metrics: float) -> LossOutput:
-        """The weighted mean of the per-example ``distance`` [B] as the loss; logs it unweighted, and ``mse`` (the
-        mean squared error per element of the compared quantities, what the exact-map tests read)."""
-        weight = (distance.detach() + 1e-3).pow(-self.config.adaptive_p) if self.config.adaptive_p else 1.0
-        loss = (weight * distance).mean()
-        return LossOutput(loss, {"loss": loss.item(), "distance": distance.mean().item(), "mse": mse.mean().item(),
-                                 **metrics})
-
     def compare(self, a: Tensor, b: Tensor, **metrics: float) -> LossOutput:
-        """``reduce`` of the distance between ``a`` (with gradient) and the target ``b``."""
-        mse = (a.detach().float() - b.detach().float()).pow(2).flatten(1).mean(1)
-        return self.reduce(self.distance(a, b), mse, **metrics)
+        """The loss between ``a`` (with gradient) and its target ``b``: the mean over the batch of the per-example
+        distance, adaptively weighted; it logs the unweighted distance and ``mse``, the mean squared error per
+        element (what the exact-map tests read)."""
+        distance = self.distance(a, b)
+        config = self.config
+        weight = (distance.detach() + config.adaptive_c).pow(-config.adaptive_p) if config.adaptive_p else 1.0
+        loss = (weight * distance).mean()
+        mse = (a.detach().float() - b.detach().float()).pow(2).mean()
+        return LossOutput(loss, {"loss": loss.item(), "distance": distance.mean().item(), "mse": mse.item(),
+                                 **metrics})
 
     def jvp(self, fn, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """``distill.jvp`` in the configured mode; an ``auto`` choice is remembered for the following steps."""

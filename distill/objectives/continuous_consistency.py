@@ -22,6 +22,7 @@ class ContinuousConsistencyConfig(EulerianMapConfig):
 
     times: TimePairs = field(default_factory=lambda: TimePairs(share_equal=0.0, share_zero=1.0))
     warmup_steps: int = 1000
+    epsilon: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()

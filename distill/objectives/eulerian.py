@@ -27,7 +27,7 @@ class EulerianMapConfig(DistillationConfig):
     ``warmup_steps``: training steps over which the JVP term ramps from 0 to 1 (continuous form). ``target_ema``:
     ``X⁻``'s decay (0: stop-gradient copy of the current weights). ``jvp_mode``: see ``distill.jvp``."""
 
-    epsilon: float = 0.0
+    epsilon: float = 0.1
     teacher_solver: str = "heun"
     tangent_norm: float | None = 0.1
     warmup_steps: int = 0
