@@ -67,8 +67,8 @@ UNIFORM = TimePairs(distribution="uniform", share_equal=0.25)
 EXACT_CASES = {
     "meanflow": (lambda g: MeanFlow(g, MeanFlowConfig(times=UNIFORM, adaptive_p=0.0, jvp_mode="double_backward")),
                  1e-9),
-    "eulerian_continuous": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, epsilon=0.0, jvp_mode="double_backward")),
-                            1e-9),
+    "eulerian_continuous": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, epsilon=0.0,
+                                                                       jvp_mode="double_backward")), 1e-9),
     # one Heun step over 5% of t - s: its local error
     "eulerian_discrete": (lambda g: EulerianMap(g, EulerianMapConfig(times=UNIFORM, epsilon=0.05)), 1e-8),
     "continuous_consistency": (lambda g: ContinuousConsistency(g, ContinuousConsistencyConfig(
