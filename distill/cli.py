@@ -23,9 +23,11 @@ def _teachers(args: argparse.Namespace) -> dict:
 def _sample(args: argparse.Namespace) -> dict:
     from .evaluate import save_samples
     from .solvers import sample, solver_nfe, time_grid
-    from .teachers import GuidedTeacher, load_teacher
+    from .students import FlowMap, load_model
+    from .teachers import GuidedTeacher
 
-    teacher = load_teacher(args.model)
+    teacher, _ = load_model(args.model)  # a student samples by flow-map jumps, a teacher with args.solver
+    is_student = isinstance(teacher, FlowMap)
     if teacher.sample_shape is None:
         raise ValueError(f"{args.model} does not declare its sample shape; sample it from Python instead")
     classes = teacher.info.get("num_classes")
@@ -35,6 +37,8 @@ def _sample(args: argparse.Namespace) -> dict:
     elif classes:  # a class-conditional teacher: every class in turn
         cond = torch.arange(args.n) % classes
     if args.guidance is not None:
+        if is_student:
+            raise ValueError("--guidance applies to teachers; a guidance-distilled student takes its scale as an input")
         null = args.null_class if args.null_class is not None else teacher.info.get("null_label")
         if cond is None or null is None:
             raise ValueError("--guidance needs a class-conditional teacher and its null label (--null-class)")
@@ -43,20 +47,22 @@ def _sample(args: argparse.Namespace) -> dict:
     noise = torch.randn(args.n, *teacher.sample_shape, generator=generator)
     times = time_grid(teacher, args.steps, args.grid)
     start = time.perf_counter()
-    x = sample(teacher, noise, times=times, solver=args.solver, cond=cond)
+    solver = None if is_student else args.solver
+    x = sample(teacher, noise, times=times, solver=solver, cond=cond)
     seconds = time.perf_counter() - start
-    report = {"model": str(args.model), "solver": args.solver, "steps": args.steps,
-              "nfe": solver_nfe(args.solver, times), "samples": args.n, "seconds": round(seconds, 4),
+    report = {"model": str(args.model), "solver": solver or "flow_map", "steps": args.steps,
+              "nfe": args.steps if is_student else solver_nfe(args.solver, times), "samples": args.n,
+              "seconds": round(seconds, 4),
               "out": str(args.out), "reference_rmse": None}
     flow_map = getattr(teacher, "flow_map", None)
     if flow_map is not None:  # analytic teacher: error against its exact flow map from the same noise
         exact = flow_map(float(times[0]) * noise.double(), float(times[0]), 0.0)
         report["reference_rmse"] = float((x.double() - exact).pow(2).mean().sqrt())
-    title = f"{args.model}: {args.solver}, {report['nfe']} NFE"
+    title = f"{args.model}: {report['solver']}, {report['nfe']} NFE"
     save_samples(x, args.out, times=times.numpy(), title=title)
     if not args.json:
         extra = f", RMSE to the exact flow map {report['reference_rmse']:.4g}" if report["reference_rmse"] else ""
-        print(f"{args.n} samples from {args.model} ({args.solver}, {report['nfe']} NFE) in {seconds:.2f} s "
+        print(f"{args.n} samples from {args.model} ({report['solver']}, {report['nfe']} NFE) in {seconds:.2f} s "
               f"-> {args.out}{extra}")
     return report
 
@@ -78,11 +84,17 @@ def _train_teacher(args: argparse.Namespace) -> dict:
 
 def _eval(args: argparse.Namespace) -> dict:
     from .evaluate import Evaluation, markdown_table, plot_quality, report
-    from .teachers import load_teacher
+    from .students import load_model
 
-    teacher = load_teacher(args.model)
+    model, teacher = load_model(args.model)
+    if teacher is None:
+        raise ValueError(f"{args.model} does not name the teacher it was distilled from (info['teacher'])")
     evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet)
-    rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(args.model))
+    if model is teacher:
+        rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(args.model))
+    else:  # the student beside its teacher's solvers at the same NFE
+        rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(model.info["teacher"]))
+        rows += evaluation.student_rows(model, args.nfe, name=str(args.model))
     result = report(evaluation, rows)
     if args.plot:
         plot_quality(rows, args.plot, title=f"{args.model}: {args.samples} samples")
@@ -91,6 +103,29 @@ def _eval(args: argparse.Namespace) -> dict:
         floor = ", ".join(f"{k} {v:.4g}" for k, v in result["data_floor"].items())
         print(f"\ndata floor (real vs real): {floor}")
     return result
+
+
+def _run(args: argparse.Namespace) -> dict:
+    from .config import dump, load_config
+    from .run import DistillConfig, run_distillation
+
+    config = load_config(DistillConfig, args.config, "distill", args.overrides)
+    if args.dry_run:
+        print(dump(config), end="")
+        return {"config": config.name, "dry_run": True}
+    report = run_distillation(config)
+    if not args.json:
+        _print_run(report)
+    return report
+
+
+def _print_run(report: dict) -> None:
+    from .evaluate import EvalRow, markdown_table
+
+    print(f"student ({report['objective']}, {report['steps']} steps, {report['train_seconds']:.0f} s) -> "
+          f"{report['student']}")
+    if report.get("eval"):
+        print(markdown_table([EvalRow(**row) for row in report["eval"]["rows"]]))
 
 
 def _int_list(text: str) -> list[int]:
@@ -108,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     teachers = commands.add_parser("teachers", help="list bundled teachers")
     teachers.set_defaults(run=_teachers)
 
-    sample = commands.add_parser("sample", help="sample a teacher with an ODE solver")
-    sample.add_argument("model", help="bundled name, diffusers folder or hub id")
+    sample = commands.add_parser("sample", help="sample a student (flow-map jumps) or a teacher (an ODE solver)")
+    sample.add_argument("model", help="student folder, bundled teacher name, diffusers folder or hub id")
     sample.add_argument("--steps", type=int, default=16)
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--solver", default="heun", choices=["euler", "heun", "dpmpp2m"])
@@ -121,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     sample.set_defaults(run=_sample)
 
-    evaluate = commands.add_parser("eval", help="quality versus NFE of a teacher's solvers")
-    evaluate.add_argument("model", help="bundled name, diffusers folder or hub id")
+    evaluate = commands.add_parser("eval", help="quality versus NFE: a teacher's solvers, or a student beside them")
+    evaluate.add_argument("model", help="student folder, bundled teacher name, diffusers folder or hub id")
     evaluate.add_argument("--nfe", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64], help="e.g. 1,2,4")
     evaluate.add_argument("--solvers", type=_name_list, default=["euler", "heun", "dpmpp2m"])
     evaluate.add_argument("--samples", type=int, default=1000)
@@ -138,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_teacher.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     train_teacher.set_defaults(run=_train_teacher)
 
-    for command in (teachers, sample, evaluate, train_teacher):
+    run = commands.add_parser("run", help="distil a student; writes a run folder (config, checkpoints, logs, eval)")
+    run.add_argument("config", help="a YAML file or a preset in configs/distill/")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 objective.name=ctm")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    run.set_defaults(run=_run)
+
+    for command in (teachers, sample, evaluate, train_teacher, run):
         command.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     return parser
 

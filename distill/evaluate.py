@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from . import metrics
 from .data import Dataset, load_dataset, teacher_samples
-from .solvers import SOLVERS, solver_nfe, time_grid
+from .solvers import SOLVERS, sample, solver_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
 CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8"}
@@ -137,6 +138,17 @@ class Evaluation:
                 used = solver_nfe(solver, time_grid(self.teacher, steps))
                 rows.append(self.score(generated.x, name, "teacher", solver, used, generated.seconds))
                 self.log(f"  {solver:8s} NFE {used:3d}: " + _row_text(rows[-1]))
+        return rows
+
+    def student_rows(self, student, nfes=DEFAULT_NFE, name: str = "student", gamma: float = 0.0) -> list[EvalRow]:
+        """A flow-map student from the evaluation noise, ``nfe`` jumps on the uniform grid (one call each)."""
+        rows = []
+        for nfe in nfes:
+            start = time.perf_counter()
+            x = sample(student, self.noise, steps=nfe, cond=self.cond, gamma=gamma,
+                       generator=torch.Generator().manual_seed(self.seed + 7))
+            rows.append(self.score(x, name, "student", "flow_map", nfe, time.perf_counter() - start))
+            self.log(f"  student  NFE {nfe:3d}: " + _row_text(rows[-1]))
         return rows
 
     def data_floor(self) -> dict[str, float]:

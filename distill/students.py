@@ -209,3 +209,16 @@ def load_student(folder: str | Path) -> FlowMap:
     student = FlowMap(load_folder(folder / "network"))
     student.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
     return student
+
+
+def load_model(spec: str | Path):
+    """``(model, teacher)`` for a command line argument: a student folder (its teacher named in its info, or
+    ``None``) or anything ``distill.load_teacher`` takes (then ``model`` is the teacher itself)."""
+    from .teachers import load_teacher
+
+    if (Path(spec) / STUDENT_FILE).exists():
+        student = load_student(spec)
+        teacher_spec = student.info.get("teacher")
+        return student, (load_teacher(teacher_spec) if teacher_spec else None)
+    teacher = load_teacher(spec)
+    return teacher, teacher

@@ -9,6 +9,7 @@ number, so a resumed run draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -221,18 +222,25 @@ def train(
     data: Dataset,
     config: TrainConfig,
     run_dir: str | Path,
+    sampler: Callable[[nn.Module], Tensor] | None = None,
+    sample_every: int = 0,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``objective`` over batches of ``data``; resume from ``run_dir``.
     An objective with ``state_dict()`` and ``load_state_dict(state, model)`` (target networks) is checkpointed too.
 
-    Returns the final EMA weights by decay (the model itself holds the raw weights).
+    Returns the final EMA weights by decay (the model itself holds the raw weights). With ``sampler`` (``model ->
+    samples``), a sample grid is written to ``run_dir/samples/`` every ``sample_every`` steps. Metrics go to
+    ``log.jsonl`` and, when TensorBoard is installed, to Accelerate's TensorBoard tracker.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+    tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=tracker, project_dir=str(run_dir),
                               gradient_accumulation_steps=config.grad_accumulation)
+    if tracker:
+        accelerator.init_trackers("tensorboard")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if not names:
         raise ValueError("the model has no trainable parameters")
@@ -294,9 +302,14 @@ def train(
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             record = {"step": step + 1, **_mean_metrics([o for o, _ in losses]), "lr": scheduler.get_last_lr()[0]}
             history.append(record)
-            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}")
+            per_step = config.batch_size * config.grad_accumulation * accelerator.num_processes
+            rate = (bar.format_dict.get("rate") or 0.0) * per_step
+            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}", samples_per_s=f"{rate:.0f}")
             if accelerator.is_main_process:
                 _append_history(run_dir, record)
+            accelerator.log(record, step=step + 1)
+        if sampler is not None and sample_every and (step + 1) % sample_every == 0 and accelerator.is_main_process:
+            _write_grid(sampler, raw_model, run_dir / "samples" / f"step-{step + 1:08d}.png")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -307,7 +320,18 @@ def train(
                 save_checkpoint(run_dir, step + 1, Checkpoint(raw_model.state_dict(), ema, trainer_state,
                                                               objective_state))
     bar.close()
+    accelerator.end_training()
     return TrainResult(config.steps, ema, history, skipped, earlier_seconds + time.perf_counter() - started)
+
+
+def _write_grid(sampler, model: nn.Module, path: Path) -> None:
+    from .evaluate import save_samples
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        save_samples(sampler(model), path, title=path.stem)
+    model.train(was_training)
 
 
 @torch.no_grad()

@@ -1,0 +1,193 @@
+"""``distill run``: distil a teacher into a flow-map student in the one training loop, save it, and judge it beside
+its teacher. A run folder holds the resolved config, checkpoints, the log, sample grids, the student and its eval."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, build, dump
+from .data import Dataset, load_dataset
+from .nets import NETWORKS
+from .objectives import OBJECTIVES
+from .students import FlowMap
+from .train import TrainConfig, ema_state_dict, train
+
+STUDENT_KINDS = ("from_teacher", *[name for name in NETWORKS if name.startswith("TwoTime")])
+
+
+@dataclass
+class StudentConfig:
+    """``kind``: ``from_teacher`` (a copy of the teacher's network plus a zero-initialised gap embedding) or a built-in
+    two-time network (``TwoTimeMLP``, ``TwoTimeUNet``) built from ``network``'s arguments. ``weights``: what is saved
+    as the student: ``ema`` (the first of ``train.ema_decays``) or ``raw``."""
+
+    kind: str = "from_teacher"
+    network: dict = field(default_factory=dict)
+    weights: str = "ema"
+
+    def __post_init__(self):
+        if self.kind not in STUDENT_KINDS:
+            raise ValueError(f"unknown student kind {self.kind!r}; use one of {', '.join(STUDENT_KINDS)}")
+        if self.weights not in ("ema", "raw"):
+            raise ValueError(f"student.weights must be 'ema' or 'raw', got {self.weights!r}")
+
+
+@dataclass
+class DistillDataConfig:
+    """Training data: ``name`` (``None``: the dataset the teacher was trained on, from its info), ``size``, ``n``
+    (points of a 2-D set), ``seed``; ``conditional``: pass the labels of a class-conditional teacher's data."""
+
+    name: str | None = None
+    size: int | None = None
+    n: int = 100000
+    seed: int = 0
+    conditional: bool = True
+
+
+@dataclass
+class RunEvalConfig:
+    """The student beside its teacher after training: ``samples`` (0: no evaluation), the student's ``nfe`` and the
+    teacher's ``solvers`` at those NFE (plus ``teacher_nfe``, e.g. the teacher's best at 64)."""
+
+    samples: int = 500
+    nfe: list[int] = field(default_factory=lambda: [1, 2, 4])
+    solvers: list[str] = field(default_factory=lambda: ["euler", "heun", "dpmpp2m"])
+    teacher_nfe: list[int] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run. ``teacher``: a bundled name, diffusers folder or hub id. ``objective``: ``name`` (one of
+    ``distill.objectives.OBJECTIVES``) plus that objective's config fields. ``sample_every``: write a sample grid
+    every N steps (0: only at the end). ``run_dir``: ``{name}`` is replaced by the run's name."""
+
+    name: str = "student"
+    teacher: str = "mnist"
+    student: StudentConfig = field(default_factory=StudentConfig)
+    objective: dict = field(default_factory=lambda: {"name": "eulerian"})
+    data: DistillDataConfig = field(default_factory=DistillDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: RunEvalConfig = field(default_factory=RunEvalConfig)
+    sample_every: int = 0
+    run_dir: str = "runs/{name}"
+
+    def __post_init__(self):
+        objective_config(self.objective)  # a typo fails now, not after the teacher has loaded
+
+
+def objective_config(spec: dict):
+    """``{"name": ..., **fields}`` -> ``(objective class, its typed config)``; unknown names and keys fail with the
+    closest valid one."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in OBJECTIVES:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(OBJECTIVES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown objective.name {name!r}{hint} (valid: {', '.join(OBJECTIVES)})")
+    objective, config_class = OBJECTIVES[name]
+    return objective, build(config_class, spec, "objective")
+
+
+def build_objective(teacher, spec: dict):
+    """The objective that ``spec`` describes, on ``teacher``."""
+    objective, config = objective_config(spec)
+    return objective(teacher, config)
+
+
+def build_student(teacher, config: StudentConfig, teacher_spec: str) -> FlowMap:
+    """A student for ``teacher``; its info records the teacher it was distilled from (``distill eval`` reads it)."""
+    if config.kind == "from_teacher":
+        student = FlowMap.from_teacher(teacher)
+    else:
+        network = NETWORKS[config.kind](**config.network)
+        student = FlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=teacher.sample_shape)
+    student.info = {**teacher.info, "teacher": teacher_spec}
+    return student
+
+
+def distillation_data(teacher, config: DistillDataConfig) -> Dataset:
+    info = teacher.info.get("data", {})
+    name = config.name or info.get("name")
+    if name is None:
+        raise ValueError("the teacher does not record its data: set data.name (e.g. mnist, digits, checkerboard)")
+    exact = getattr(teacher, "sample_data", None)
+    if exact is not None and config.name is None:  # an analytic teacher: exact samples of its own distribution
+        return Dataset(exact(config.n, torch.Generator().manual_seed(config.seed)).float(), name=name)
+    data = load_dataset(name, config.size if config.name else info.get("size"), config.n, config.seed)
+    if not (config.conditional and teacher.info.get("num_classes")):
+        data.labels = None
+    return data
+
+
+def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 0):
+    """A function ``model -> samples`` for periodic grids: ``steps`` jumps from fixed noise (classes in turn)."""
+    noise = torch.randn(count, *student.sample_shape, generator=torch.Generator().manual_seed(seed))
+    classes = student.info.get("num_classes")
+    cond = torch.arange(count) % classes if classes else None
+
+    def draw(model) -> torch.Tensor:
+        from .solvers import sample
+
+        return sample(model, noise.to(next(model.parameters()).device), steps=steps,
+                      cond=None if cond is None else cond.to(noise.device))
+
+    return draw
+
+
+def run_distillation(config: DistillConfig) -> dict:
+    """Train (resuming a killed run), save ``<run_dir>/student``, evaluate; returns the run's report."""
+    from .evaluate import save_samples
+    from .teachers import load_teacher
+
+    run_dir = Path(config.run_dir.format(name=config.name))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump(config))
+    teacher = load_teacher(config.teacher).requires_grad_(False)
+    if teacher.sample_shape is None:
+        raise ValueError(f"{config.teacher} does not declare its sample shape")
+    data = distillation_data(teacher, config.data)
+    objective = build_objective(teacher, config.objective)
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rerun
+    student = build_student(teacher, config.student, config.teacher)
+    print(f"{config.name}: {config.objective['name']} on {config.teacher}, {len(data)} training samples, "
+          f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters -> {run_dir}",
+          file=sys.stderr, flush=True)
+    sampler = grid_sampler(student)
+    result = train(student, objective, data, config.train, run_dir,
+                   sampler=sampler if config.sample_every else None, sample_every=config.sample_every)
+    if config.student.weights == "ema":
+        student.load_state_dict(ema_state_dict(student, result.ema[config.train.ema_decays[0]]))
+    student.requires_grad_(False).eval()
+    student.save_pretrained(run_dir / "student")
+    save_samples(sampler(student), run_dir / "samples.png", title=f"{config.name}: 2 steps")
+    report = {"teacher": config.teacher, "student": str(run_dir / "student"), "objective": config.objective["name"],
+              "steps": result.step, "train_seconds": round(result.seconds, 1), "skipped_steps": result.skipped_steps,
+              "final_loss": result.history[-1].get("loss") if result.history else None, "eval": None}
+    if config.eval.samples:
+        report["eval"] = evaluate_student(student, teacher, config.eval, run_dir, config.name)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | None = None,
+                     name: str = "student") -> dict:
+    """The student at ``config.nfe`` beside the teacher's solvers at the same NFE; writes eval.json/.md/.png."""
+    from .evaluate import Evaluation, markdown_table, plot_quality, report
+
+    evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed)
+    rows = evaluation.teacher_rows(config.solvers, sorted(set(config.nfe) | set(config.teacher_nfe)))
+    rows += evaluation.student_rows(student, config.nfe, name=name)
+    result = report(evaluation, rows)
+    if out_dir is not None:
+        (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        (out_dir / "eval.md").write_text(markdown_table(rows) + "\n")
+        plot_quality(rows, out_dir / "quality.png", title=f"{name} beside its teacher: {config.samples} samples")
+    return result

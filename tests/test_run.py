@@ -1,0 +1,60 @@
+"""``distill run``: a distillation run folder, its student and its eval report; config errors name the fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distill.cli import main
+from distill.students import load_student
+
+TINY = ["student.network.hidden=16", "student.network.depth=2", "train.steps=12", "train.batch_size=32",
+        "train.checkpoint_every=6", "train.log_every=3", "train.progress=false", "train.ema_decays=[0.9]",
+        "eval.samples=64", "eval.nfe=[1, 2]", "eval.solvers=[euler]", "sample_every=6"]
+
+
+def test_run_writes_a_student_that_sample_and_eval_accept(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", "eight-gaussians", *TINY, f"run_dir={run_dir}", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 12 and report["student"] == str(run_dir / "student")
+    rows = report["eval"]["rows"]
+    assert {(r["kind"], r["nfe"]) for r in rows} == {("teacher", 1), ("teacher", 2), ("student", 1), ("student", 2)}
+    keys = {"model", "kind", "solver", "nfe", "fd", "swd", "confident", "class_entropy", "fidelity_rmse", "seconds"}
+    assert all(keys <= set(r) for r in rows) and report["eval"]["dataset"] == "eight-gaussians-exact"
+    for name in ("config.yaml", "log.jsonl", "eval.json", "eval.md", "samples.png", "samples/step-00000006.png"):
+        assert (run_dir / name).exists(), name
+    assert load_student(run_dir / "student").info["teacher"] == "eight-gaussians-exact"
+
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run_dir / "student"), "--steps", "2", "--n", "8", "--out", str(out), "--json"]) == 0
+    sampled = json.loads(capsys.readouterr().out)
+    assert sampled["solver"] == "flow_map" and sampled["nfe"] == 2 and np.load(out)["samples"].shape == (8, 2)
+    assert main(["eval", str(run_dir / "student"), "--nfe", "1", "--samples", "32", "--solvers", "heun",
+                 "--plot", "", "--quiet", "--json"]) == 0
+    kinds = [r["kind"] for r in json.loads(capsys.readouterr().out)["rows"]]
+    assert kinds == ["teacher", "student"]
+
+    # rerunning the finished run resumes at its last checkpoint: nothing is trained again
+    assert main(["run", "eight-gaussians", *TINY, f"run_dir={run_dir}", "eval.samples=0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 12
+
+
+@pytest.mark.parametrize("override, message", [
+    ("objective.name=lagrangain", "did you mean 'lagrangian'"),
+    ("objective.tims=3", "did you mean 'objective.times'"),
+    ("trian.steps=3", "did you mean 'train'"),
+    ("student.kind=resnet", "unknown student kind"),
+])
+def test_config_mistakes_are_one_clear_line(override, message, capsys):
+    assert main(["run", "eight-gaussians", override, "--dry-run"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["run", "mnist", "objective.name=ctm", "train.steps=7", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "name: ctm" in printed and "steps: 7" in printed
