@@ -183,15 +183,22 @@ def load_checkpoint(folder: Path) -> Checkpoint:
 # ------------------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------------------
-def draw_batch(data: Dataset, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Batch:
-    """The batch of ``step`` on process ``rank``: indices drawn with replacement, seeded by (seed, step, rank)."""
-    generator = torch.Generator().manual_seed(_step_seed(seed, step, rank, world))
-    index = torch.randint(0, len(data), (batch_size,), generator=generator)
-    return Batch(data.x[index], None if data.labels is None else data.labels[index])
+def micro_batch_index(step: int, micro: int, accumulation: int, rank: int, world: int) -> int:
+    """The global index of a micro-batch: ``(step * accumulation + micro) * world + rank``. Data and noise are seeded
+    by it, so one process accumulating N micro-batches sees exactly what N processes see in one step each."""
+    return (step * accumulation + micro) * world + rank
 
 
-def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
-    return (seed * 1_000_003 + step * world + rank) % (2**63)
+def draw_batch(data: Dataset, index: int, batch_size: int, seed: int) -> Batch:
+    """Micro-batch ``index`` (see :func:`micro_batch_index`): examples drawn with replacement, seeded by
+    (seed, index)."""
+    generator = torch.Generator().manual_seed(_seed(seed, index))
+    chosen = torch.randint(0, len(data), (batch_size,), generator=generator)
+    return Batch(data.x[chosen], None if data.labels is None else data.labels[chosen])
+
+
+def _seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2**63)
 
 
 def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -237,8 +244,10 @@ def train(
 
     run_dir = Path(run_dir)
     tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    # several processes and no GPU (torchrun or accelerate launch on CPUs): Accelerate's gloo data parallelism
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=tracker, project_dir=str(run_dir),
-                              gradient_accumulation_steps=config.grad_accumulation)
+                              gradient_accumulation_steps=config.grad_accumulation, cpu=cpu_processes)
     if tracker:
         accelerator.init_trackers("tensorboard")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -273,12 +282,13 @@ def train(
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and accelerator.is_main_process),
                file=sys.stderr, dynamic_ncols=True, desc="train")
     for step in range(start, config.steps):
-        torch.manual_seed(_step_seed(config.seed + 1, step, accelerator.process_index, accelerator.num_processes))
         model.train()
         losses = []
         for micro in range(config.grad_accumulation):
-            batch = draw_batch(data, step * config.grad_accumulation + micro, config.batch_size, config.seed,
-                               accelerator.process_index, accelerator.num_processes)
+            index = micro_batch_index(step, micro, config.grad_accumulation, accelerator.process_index,
+                                      accelerator.num_processes)
+            batch = draw_batch(data, index, config.batch_size, config.seed)
+            torch.manual_seed(_seed(config.seed + 1, index))  # the objective's noise and times
             with accelerator.accumulate(model), accelerator.autocast():
                 out = objective(model, _to_device(batch, accelerator.device), step)
                 finite = bool(torch.isfinite(out.loss).item())
@@ -320,7 +330,8 @@ def train(
                 save_checkpoint(run_dir, step + 1, Checkpoint(raw_model.state_dict(), ema, trainer_state,
                                                               objective_state))
     bar.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # (end_training would also tear down the caller's process group)
+        tracker.finish()
     return TrainResult(config.steps, ema, history, skipped, earlier_seconds + time.perf_counter() - started)
 
 
