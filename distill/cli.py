@@ -128,6 +128,23 @@ def _print_run(report: dict) -> None:
         print(markdown_table([EvalRow(**row) for row in report["eval"]["rows"]]))
 
 
+def _quickstart(args: argparse.Namespace) -> dict:
+    from .config import load_config
+    from .run import DistillConfig, run_distillation
+
+    start = time.perf_counter()
+    overrides = [f"run_dir={args.out}", *(["train.progress=false"] if args.json else []), *args.overrides]
+    config = load_config(DistillConfig, "quickstart", "distill", overrides)
+    run = run_distillation(config)
+    report = {"teacher": run["teacher"], "student": run["student"], "seconds": round(time.perf_counter() - start, 1),
+              "eval": run["eval"], "export": None, "run": run}
+    if not args.json:
+        _print_run(run)
+        print(f"quickstart: {report['seconds']:.0f} s; samples {args.out}/samples.png, plot {args.out}/quality.png; "
+              f"next: distill sample {run['student']} --steps 2 --class 3")
+    return report
+
+
 def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
@@ -179,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.set_defaults(run=_run)
 
-    for command in (teachers, sample, evaluate, train_teacher, run):
+    quickstart = commands.add_parser("quickstart", help="bundled MNIST teacher -> distilled student -> eval table")
+    quickstart.add_argument("overrides", nargs="*", help="key=value overrides of configs/distill/quickstart.yaml")
+    quickstart.add_argument("--out", default="runs/quickstart", help="the run folder")
+    quickstart.set_defaults(run=_quickstart)
+
+    for command in (teachers, sample, evaluate, train_teacher, run, quickstart):
         command.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     return parser
 

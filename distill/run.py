@@ -4,6 +4,7 @@ its teacher. A run folder holds the resolved config, checkpoints, the log, sampl
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,8 +149,10 @@ def run_distillation(config: DistillConfig) -> dict:
     from .teachers import load_teacher
 
     run_dir = Path(config.run_dir.format(name=config.name))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, rank 0 writes
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump(config))
+    if main_process:
+        (run_dir / "config.yaml").write_text(dump(config))
     teacher = load_teacher(config.teacher).requires_grad_(False)
     if teacher.sample_shape is None:
         raise ValueError(f"{config.teacher} does not declare its sample shape")
@@ -163,14 +166,16 @@ def run_distillation(config: DistillConfig) -> dict:
     sampler = grid_sampler(student)
     result = train(student, objective, data, config.train, run_dir,
                    sampler=sampler if config.sample_every else None, sample_every=config.sample_every)
+    report = {"teacher": config.teacher, "student": str(run_dir / "student"), "objective": config.objective["name"],
+              "steps": result.step, "train_seconds": round(result.seconds, 1), "skipped_steps": result.skipped_steps,
+              "final_loss": result.history[-1].get("loss") if result.history else None, "eval": None}
+    if not main_process:
+        return report
     if config.student.weights == "ema":
         student.load_state_dict(ema_state_dict(student, result.ema[config.train.ema_decays[0]]))
     student.requires_grad_(False).eval()
     student.save_pretrained(run_dir / "student")
     save_samples(sampler(student), run_dir / "samples.png", title=f"{config.name}: 2 steps")
-    report = {"teacher": config.teacher, "student": str(run_dir / "student"), "objective": config.objective["name"],
-              "steps": result.step, "train_seconds": round(result.seconds, 1), "skipped_steps": result.skipped_steps,
-              "final_loss": result.history[-1].get("loss") if result.history else None, "eval": None}
     if config.eval.samples:
         report["eval"] = evaluate_student(student, teacher, config.eval, run_dir, config.name)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
