@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Teacher samples cached by the tests go to a temporary folder, never the user's cache."""
+    previous = os.environ.get("DISTILL_CACHE")
+    os.environ["DISTILL_CACHE"] = str(tmp_path_factory.mktemp("distill-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DISTILL_CACHE")
+    else:
+        os.environ["DISTILL_CACHE"] = previous
 
 
 def tiny_unet(num_class_embeds: int | None = None):

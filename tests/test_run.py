@@ -58,3 +58,14 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["run", "mnist", "objective.name=ctm", "train.steps=7", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "name: ctm" in printed and "steps: 7" in printed
+
+
+def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
+    overrides = ["train.steps=2", "train.batch_size=4", "eval.samples=20", "eval.nfe=[1]", "eval.teacher_nfe=[]",
+                 "eval.solvers=[euler]"]
+    assert main(["quickstart", *overrides, "--out", str(tmp_path / "qs"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"teacher", "student", "seconds", "eval", "export"} <= set(report) and report["teacher"] == "mnist"
+    assert [r["kind"] for r in report["eval"]["rows"]] == ["teacher", "student"]
+    assert report["eval"]["rows"][1]["fd"] is not None
+    assert load_student(report["student"]).info["teacher"] == "mnist"
