@@ -102,16 +102,18 @@ class DistillationObjective:
         with torch.no_grad():
             return self.teacher.velocity(x, t, cond)
 
-    def teacher_step(self, x: Tensor, t: Tensor, s: Tensor, cond, solver: str = "heun", substeps: int = 1) -> Tensor:
+    def teacher_step(self, x: Tensor, t: Tensor, s: Tensor, cond, solver: str = "heun", substeps: int = 1,
+                     v_start: Tensor | None = None) -> Tensor:
         """Move ``x`` from ``t`` to ``s`` (per example) with ``substeps`` Euler or Heun steps of the teacher (Heun
-        falls back to Euler on a step that ends below the teacher's ``t_min``, as EDM's Algorithm 1 does at 0)."""
+        falls back to Euler on a step that ends below the teacher's ``t_min``, as EDM's Algorithm 1 does at 0).
+        ``v_start``: the teacher's velocity at ``(x, t)`` when the caller has it already."""
         if solver not in TEACHER_SOLVERS:
             raise ValueError(f"unknown teacher solver {solver!r}; use one of {', '.join(TEACHER_SOLVERS)}")
         for k in range(substeps):
             t_k = t + (s - t) * (k / substeps)
             s_k = t + (s - t) * ((k + 1) / substeps)
             h = per_example(s_k - t_k, x)
-            v = self.velocity(x, t_k, cond)
+            v = v_start if k == 0 and v_start is not None else self.velocity(x, t_k, cond)
             x_euler = x + h * v
             if solver == "euler":
                 x = x_euler

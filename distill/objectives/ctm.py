@@ -53,9 +53,9 @@ class CTM(DistillationObjective):
         x_t = noised(batch.x, t)
         target = self.target_network(student, step)
         with torch.no_grad():
-            x_u = self.teacher_step(x_t, t, u, batch.cond, "heun", self.config.teacher_substeps)
-            goal = target(target(x_u, u, s, batch.cond), s, zero, batch.cond)  # data reached via the teacher
             v = self.velocity(x_t, t, batch.cond)
+            x_u = self.teacher_step(x_t, t, u, batch.cond, "heun", self.config.teacher_substeps, v_start=v)
+            goal = target(target(x_u, u, s, batch.cond), s, zero, batch.cond)  # data reached via the teacher
         F_both = student(repeat_batch(x_t, 2), t.repeat(2), torch.cat([s, t]), repeat_batch(batch.cond, 2),
                          output="average_velocity")
         F, F_anchor = F_both.split(size)

@@ -65,10 +65,11 @@ class EulerianMap(DistillationObjective):
         epsilon = self.config.epsilon
         t_prime = t + epsilon * (s - t)
         with torch.no_grad():
-            x_prime = self.teacher_step(x_t, t, t_prime, cond, self.config.teacher_solver)
+            v = self.velocity(x_t, t, cond)
+            x_prime = self.teacher_step(x_t, t, t_prime, cond, self.config.teacher_solver, v_start=v)
             moved = t_prime != t
             step = torch.where(moved, t_prime - t, torch.ones_like(t))
-            v_bar = select(moved, (x_prime - x_t) / per_example(step, x_t), self.velocity(x_t, t, cond))
+            v_bar = select(moved, (x_prime - x_t) / per_example(step, x_t), v)  # the step's mean velocity
             F_prime = target(x_prime, t_prime, s, cond, output="average_velocity")
             F_tgt = epsilon * v_bar + (1 - epsilon) * F_prime
         return select(s == t, v_bar, F_tgt)  # s = t: the flow-matching anchor
