@@ -217,11 +217,25 @@ def teacher_samples(teacher, noise: Tensor, cond: Tensor | None = None, solver: 
     """The teacher's ODE solutions from ``noise`` (one per row, conditioned on ``cond``) on its uniform grid, as a
     Dataset whose labels are ``cond`` and whose ``seconds`` is the generation time; computed once per (teacher
     weights, noise, cond, solver, steps) and cached under :func:`cache_dir`."""
+    return teacher_trajectories(teacher, noise, cond, solver, steps, stride=steps, batch_size=batch_size,
+                                progress=progress, ends_only=True)
+
+
+def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, solver: str = "heun", steps: int = 16,
+                         stride: int = 4, batch_size: int = 500, progress: bool = True,
+                         ends_only: bool = False) -> Dataset:
+    """The teacher's ODE trajectories from ``t_max * noise``: the states at every ``stride``-th time of its
+    ``steps``-step uniform grid (``time_grid(teacher, steps)[::stride]``), ``x`` [N, steps / stride + 1, ...]
+    (``ends_only``: the final states only, [N, ...]). Cached under :func:`cache_dir` like :func:`teacher_samples`."""
     from tqdm.auto import tqdm
 
-    from .solvers import sample, time_grid
+    from .solvers import solve, time_grid
 
-    key = fingerprint(teacher, type(teacher).__name__, solver, steps, teacher.t_max, noise.shape,
+    if steps % stride:
+        raise ValueError(f"stride ({stride}) must divide steps ({steps})")
+    if stride < steps and solver not in ("euler", "heun"):
+        raise ValueError(f"{solver} is a multistep solver: store trajectories with euler or heun")
+    key = fingerprint(teacher, type(teacher).__name__, solver, steps, stride, ends_only, teacher.t_max, noise.shape,
                       hashlib.sha256(noise.cpu().numpy().tobytes()).hexdigest(),
                       None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest())
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
@@ -230,13 +244,22 @@ def teacher_samples(teacher, noise: Tensor, cond: Tensor | None = None, solver: 
     else:
         times = time_grid(teacher, steps)
         chunks = range(0, len(noise), batch_size)
-        bar = tqdm(chunks, desc=f"teacher samples ({solver}, {steps} steps)", disable=not progress, file=sys.stderr)
+        bar = tqdm(chunks, desc=f"teacher {'samples' if ends_only else 'trajectories'} ({solver}, {steps} steps)",
+                   disable=not progress, file=sys.stderr)
         start = time.perf_counter()
-        x = torch.cat([sample(teacher, noise[i: i + batch_size], times=times, solver=solver,
-                              cond=None if cond is None else cond[i: i + batch_size]) for i in bar])
-        stored = {"x": x, "seconds": time.perf_counter() - start}
+        parts = []
+        for i in bar:
+            x = float(times[0]) * noise[i: i + batch_size]
+            chunk_cond = None if cond is None else cond[i: i + batch_size]
+            states = [x]
+            for k in range(0, steps, stride):  # one-step solvers: segment by segment is the same solution
+                x = solve(teacher, x, times[k: k + stride + 1], solver, cond=chunk_cond)
+                states.append(x)
+            parts.append(x if ends_only else torch.stack(states, dim=1))  # [B, M, ...]
+        stored = {"x": torch.cat(parts), "seconds": time.perf_counter() - start}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(stored, tmp)
         os.replace(tmp, path)
-    return Dataset(stored["x"], cond, "teacher-samples", teacher.info.get("num_classes"), stored["seconds"])
+    name = "teacher-samples" if ends_only else "teacher-trajectories"
+    return Dataset(stored["x"], cond, name, teacher.info.get("num_classes"), stored["seconds"])

@@ -156,8 +156,9 @@ def run_distillation(config: DistillConfig) -> dict:
     teacher = load_teacher(config.teacher).requires_grad_(False)
     if teacher.sample_shape is None:
         raise ValueError(f"{config.teacher} does not declare its sample shape")
-    data = distillation_data(teacher, config.data)
     objective = build_objective(teacher, config.objective)
+    training_data = getattr(objective, "training_data", None)  # objectives that learn from teacher trajectories
+    data = training_data() if training_data else distillation_data(teacher, config.data)
     torch.manual_seed(config.train.seed)  # the same initial weights on every rerun
     student = build_student(teacher, config.student, config.teacher)
     print(f"{config.name}: {config.objective['name']} on {config.teacher}, {len(data)} training samples, "

@@ -215,3 +215,21 @@ def test_ema_target_resumes_with_the_run(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(straight_objective.state_dict().values(),
                                                  resumed_objective.state_dict().values()))
+
+
+def test_trajectory_distillation_vanishes_on_the_exact_map_and_caches_its_data(tmp_path, monkeypatch):
+    from distill.objectives import TrajectoryConfig, TrajectoryDistillation
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    teacher = mixture()
+    objective = TrajectoryDistillation(teacher, TrajectoryConfig(trajectories=64, steps=64, stride=16))
+    data = objective.training_data(progress=False)
+    assert data.x.shape == (64, 5, 2) and len(list(tmp_path.rglob("*.pt"))) == 1
+    assert torch.equal(objective.training_data(progress=False).x, data.x)  # from the cache
+    batch = Batch(data.x)
+    # the stored states are the teacher's Heun solution (64 steps): the exact map misses them by that error only
+    exact = objective(ExactFlowMap(teacher, steps=256), batch, step=0).metrics["mse"]
+    perturbed = objective(ExactFlowMap(teacher, scale=1.05, steps=256), batch, step=0).metrics["mse"]
+    assert exact < 1e-6 < 1e-4 < perturbed, (exact, perturbed)
+    with pytest.raises(ValueError, match="one-step solvers"):
+        TrajectoryConfig(solver="dpmpp2m")

@@ -16,6 +16,7 @@ from .meanflow import MeanFlow, MeanFlowConfig
 from .progressive import Progressive, ProgressiveConfig
 from .shortcut import Shortcut, ShortcutConfig
 from .timesteps import TimePairs
+from .trajectory import TrajectoryConfig, TrajectoryDistillation
 
 # name -> (objective, config) for configs and the command line
 OBJECTIVES = {
@@ -27,6 +28,7 @@ OBJECTIVES = {
     "shortcut": (Shortcut, ShortcutConfig),
     "ctm": (CTM, CTMConfig),
     "progressive": (Progressive, ProgressiveConfig),
+    "trajectory": (TrajectoryDistillation, TrajectoryConfig),
 }
 
 __all__ = [
@@ -34,4 +36,5 @@ __all__ = [
     "ContinuousConsistency", "ContinuousConsistencyConfig", "DenoisingConfig", "DenoisingLoss", "DistillationConfig",
     "EulerianMap", "EulerianMapConfig", "LagrangianMap", "LagrangianMapConfig", "LossOutput", "MeanFlow",
     "MeanFlowConfig", "Progressive", "ProgressiveConfig", "Shortcut", "ShortcutConfig", "TargetNetwork", "TimePairs",
+    "TrajectoryConfig", "TrajectoryDistillation",
 ]

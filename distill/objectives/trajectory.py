@@ -1,0 +1,76 @@
+"""Trajectory distillation: regress the flow map onto the teacher's own ODE solutions (Luhman & Luhman 2021, who
+regress a one-step generator onto DDIM's outputs; here every pair of stored times, so the student is a flow map).
+
+The data are teacher trajectories ``[B, M, ...]``: the states at the times ``t_0 > ... > t_{M-1} = 0`` of the
+teacher's uniform grid (``steps`` solver steps, every ``stride``-th state kept). For ``i < j``, the exact map sends
+``x_{t_i}`` to ``x_{t_j}``, so ``F_tgt = (x_{t_j} - x_{t_i}) / (t_j - t_i)``. There is no bootstrapping: every target
+is the teacher's (up to its solver error), which makes few-step students learn fast; the price is generating the
+trajectories once (cached, :func:`distill.data.teacher_trajectories`) and a student that is only as good as the
+solver that made them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..data import Dataset, teacher_trajectories
+from ..solvers import time_grid
+from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, gap
+
+
+@dataclass
+class TrajectoryConfig(DistillationConfig):
+    """``trajectories``: how many teacher solutions to store (fresh noise seeded by ``seed``; classes in turn for a
+    class-conditional teacher); ``solver`` (``euler`` or ``heun``) and ``steps``: the teacher's solver on its uniform
+    grid; ``stride``: keep every ``stride``-th state (the student learns jumps between kept times, so a K-step
+    sampler needs ``steps / stride`` to be a multiple of K)."""
+
+    trajectories: int = 5000
+    solver: str = "heun"
+    steps: int = 16
+    stride: int = 4
+    seed: int = 1234
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps % self.stride or self.trajectories < 1:
+            raise ValueError(f"stride ({self.stride}) must divide steps ({self.steps}); trajectories must be >= 1")
+        if self.solver not in ("euler", "heun"):
+            raise ValueError(f"trajectories are stored with euler or heun (one-step solvers), got {self.solver!r}")
+
+
+class TrajectoryDistillation(DistillationObjective):
+    """``objective(student, batch, step) -> LossOutput`` on batches of :meth:`training_data`."""
+
+    config_class = TrajectoryConfig
+
+    @property
+    def times(self) -> Tensor:
+        """The stored times, decreasing from ``t_max`` to 0 (float64 [M])."""
+        return time_grid(self.teacher, self.config.steps)[:: self.config.stride]
+
+    def training_data(self, progress: bool = True) -> Dataset:
+        """The teacher's trajectories, [N, M, ...] with labels for a class-conditional teacher (cached)."""
+        config, shape = self.config, self.teacher.sample_shape
+        noise = torch.randn(config.trajectories, *shape, generator=torch.Generator().manual_seed(config.seed))
+        classes = self.teacher.info.get("num_classes")
+        cond = torch.arange(config.trajectories) % classes if classes else None
+        return teacher_trajectories(self.teacher, noise, cond, config.solver, config.steps, config.stride,
+                                    progress=progress)
+
+    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+        states, times = batch.x, self.times  # [B, M, ...], [M]
+        size, count = states.shape[0], states.shape[1]
+        if count != len(times):
+            raise ValueError(f"batches hold {count} states per trajectory, the config stores {len(times)}: build "
+                             "the data with this objective's training_data()")
+        pairs = torch.triu_indices(count, count, offset=1)  # every (i, j) with i < j, drawn uniformly
+        i, j = pairs[:, torch.randint(0, pairs.shape[1], (size,))]
+        rows = torch.arange(size)
+        x_t, x_s = states[rows, i], states[rows, j]
+        t, s = times[i], times[j]
+        F_tgt = (x_s - x_t) / gap(t, s, x_t)
+        return self.compare(student(x_t, t, s, batch.cond, output="average_velocity"), F_tgt)
