@@ -228,8 +228,10 @@ def test_trajectory_distillation_vanishes_on_the_exact_map_and_caches_its_data(t
     assert torch.equal(objective.training_data(progress=False).x, data.x)  # from the cache
     batch = Batch(data.x)
     # the stored states are the teacher's Heun solution (64 steps): the exact map misses them by that error only
+    torch.manual_seed(0)
     exact = objective(ExactFlowMap(teacher, steps=256), batch, step=0).metrics["mse"]
+    torch.manual_seed(0)
     perturbed = objective(ExactFlowMap(teacher, scale=1.05, steps=256), batch, step=0).metrics["mse"]
-    assert exact < 1e-6 < 1e-4 < perturbed, (exact, perturbed)
+    assert exact < 1e-5 and perturbed > 100 * exact, (exact, perturbed)
     with pytest.raises(ValueError, match="one-step solvers"):
         TrajectoryConfig(solver="dpmpp2m")
