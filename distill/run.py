@@ -53,12 +53,13 @@ class DistillDataConfig:
 @dataclass
 class RunEvalConfig:
     """The student beside its teacher after training: ``samples`` (0: no evaluation), the student's ``nfe`` and the
-    teacher's ``solvers`` at those NFE (plus ``teacher_nfe``, e.g. the teacher's best at 64)."""
+    teacher's ``solvers`` at those NFE, plus the teacher's reference solver (DPM-Solver++(2M), whose 64-step samples
+    are the fidelity reference and cost nothing more) at ``reference_nfe`` (e.g. ``[64]``: the teacher's best)."""
 
     samples: int = 500
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4])
     solvers: list[str] = field(default_factory=lambda: ["euler", "heun", "dpmpp2m"])
-    teacher_nfe: list[int] = field(default_factory=list)
+    reference_nfe: list[int] = field(default_factory=list)
     seed: int = 0
 
 
@@ -186,10 +187,12 @@ def run_distillation(config: DistillConfig) -> dict:
 def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | None = None,
                      name: str = "student") -> dict:
     """The student at ``config.nfe`` beside the teacher's solvers at the same NFE; writes eval.json/.md/.png."""
-    from .evaluate import Evaluation, markdown_table, plot_quality, report
+    from .evaluate import REFERENCE_SOLVER, Evaluation, markdown_table, plot_quality, report
 
     evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed)
-    rows = evaluation.teacher_rows(config.solvers, sorted(set(config.nfe) | set(config.teacher_nfe)))
+    rows = evaluation.teacher_rows(config.solvers, config.nfe)
+    if config.reference_nfe:
+        rows += evaluation.teacher_rows([REFERENCE_SOLVER], config.reference_nfe)
     rows += evaluation.student_rows(student, config.nfe, name=name)
     result = report(evaluation, rows)
     if out_dir is not None:

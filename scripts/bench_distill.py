@@ -42,7 +42,7 @@ def main() -> None:
     rows = []
     for name in args.only.split(","):
         overrides = [f"objective.name={name}", f"train.steps={args.steps}", f"eval.samples={args.samples}",
-                     f"eval.seed={args.seed}", "eval.nfe=[1, 2, 4]", "eval.solvers=[dpmpp2m]", "eval.teacher_nfe=[]",
+                     f"eval.seed={args.seed}", "eval.nfe=[1, 2, 4]", "eval.solvers=[dpmpp2m]", "eval.reference_nfe=[]",
                      f"run_dir=runs/bench-distill/{name}", f"name={name}", "train.progress=false"]
         if name == "progressive":  # 8 -> 1 steps in three rounds over the budget
             overrides += ["objective.start_steps=8", f"objective.steps_per_round={max(1, args.steps // 3)}"]

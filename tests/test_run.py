@@ -61,7 +61,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
 
 
 def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
-    overrides = ["train.steps=2", "train.batch_size=4", "eval.samples=20", "eval.nfe=[1]", "eval.teacher_nfe=[]",
+    overrides = ["train.steps=2", "train.batch_size=4", "eval.samples=20", "eval.nfe=[1]", "eval.reference_nfe=[]",
                  "eval.solvers=[euler]"]
     assert main(["quickstart", *overrides, "--out", str(tmp_path / "qs"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
