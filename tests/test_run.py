@@ -61,8 +61,8 @@ def test_dry_run_prints_the_resolved_config(capsys):
 
 
 def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
-    overrides = ["train.steps=2", "train.batch_size=4", "eval.samples=20", "eval.nfe=[1]", "eval.reference_nfe=[]",
-                 "eval.solvers=[euler]"]
+    overrides = ["train.steps=2", "train.batch_size=4", "objective.trajectories=8", "eval.samples=20", "eval.nfe=[1]",
+                 "eval.reference_nfe=[]", "eval.solvers=[euler]"]
     assert main(["quickstart", *overrides, "--out", str(tmp_path / "qs"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"teacher", "student", "seconds", "eval", "export"} <= set(report) and report["teacher"] == "mnist"
