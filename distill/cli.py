@@ -26,11 +26,11 @@ def _sample(args: argparse.Namespace) -> dict:
     from .students import FlowMap, load_model
     from .teachers import GuidedTeacher
 
-    teacher, _ = load_model(args.model)  # a student samples by flow-map jumps, a teacher with args.solver
-    is_student = isinstance(teacher, FlowMap)
-    if teacher.sample_shape is None:
+    model, _ = load_model(args.model)  # a student samples by flow-map jumps, a teacher with args.solver
+    is_student = isinstance(model, FlowMap)
+    if model.sample_shape is None:
         raise ValueError(f"{args.model} does not declare its sample shape; sample it from Python instead")
-    classes = teacher.info.get("num_classes")
+    classes = model.info.get("num_classes")
     cond = None
     if args.class_label is not None:
         cond = torch.full((args.n,), args.class_label, dtype=torch.long)
@@ -39,22 +39,22 @@ def _sample(args: argparse.Namespace) -> dict:
     if args.guidance is not None:
         if is_student:
             raise ValueError("--guidance applies to teachers; a guidance-distilled student takes its scale as an input")
-        null = args.null_class if args.null_class is not None else teacher.info.get("null_label")
+        null = args.null_class if args.null_class is not None else model.info.get("null_label")
         if cond is None or null is None:
             raise ValueError("--guidance needs a class-conditional teacher and its null label (--null-class)")
-        teacher = GuidedTeacher(teacher, args.guidance, null)
+        model = GuidedTeacher(model, args.guidance, null)
     generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(args.n, *teacher.sample_shape, generator=generator)
-    times = time_grid(teacher, args.steps, args.grid)
+    noise = torch.randn(args.n, *model.sample_shape, generator=generator)
+    times = time_grid(model, args.steps, args.grid)
     start = time.perf_counter()
     solver = None if is_student else args.solver
-    x = sample(teacher, noise, times=times, solver=solver, cond=cond)
+    x = sample(model, noise, times=times, solver=solver, cond=cond)
     seconds = time.perf_counter() - start
     report = {"model": str(args.model), "solver": solver or "flow_map", "steps": args.steps,
               "nfe": args.steps if is_student else solver_nfe(args.solver, times), "samples": args.n,
               "seconds": round(seconds, 4),
               "out": str(args.out), "reference_rmse": None}
-    flow_map = getattr(teacher, "flow_map", None)
+    flow_map = getattr(model, "flow_map", None)
     if flow_map is not None:  # analytic teacher: error against its exact flow map from the same noise
         exact = flow_map(float(times[0]) * noise.double(), float(times[0]), 0.0)
         report["reference_rmse"] = float((x.double() - exact).pow(2).mean().sqrt())
