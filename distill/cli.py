@@ -106,10 +106,10 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from .config import dump, load_config
-    from .run import DistillConfig, run_distillation
+    from .config import dump
+    from .run import load_distill_config, run_distillation
 
-    config = load_config(DistillConfig, args.config, "distill", args.overrides)
+    config = load_distill_config(args.config, args.overrides)
     if args.dry_run:
         print(dump(config), end="")
         return {"config": config.name, "dry_run": True}
@@ -129,12 +129,11 @@ def _print_run(report: dict) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> dict:
-    from .config import load_config
-    from .run import DistillConfig, run_distillation
+    from .run import load_distill_config, run_distillation
 
     start = time.perf_counter()
     overrides = [f"run_dir={args.out}", *(["train.progress=false"] if args.json else []), *args.overrides]
-    config = load_config(DistillConfig, "quickstart", "distill", overrides)
+    config = load_distill_config("quickstart", overrides)
     run = run_distillation(config)
     report = {"teacher": run["teacher"], "student": run["student"], "seconds": round(time.perf_counter() - start, 1),
               "eval": run["eval"], "export": None, "run": run}

@@ -83,6 +83,21 @@ class DistillConfig:
         objective_config(self.objective)  # a typo fails now, not after the teacher has loaded
 
 
+def load_distill_config(name_or_path: str, overrides: list[str] | None = None) -> DistillConfig:
+    """A preset or YAML file plus ``key=value`` overrides. Choosing another ``objective.name`` on the command line
+    replaces the file's objective section (its fields belong to the other objective)."""
+    import yaml
+
+    from .config import merge, parse_overrides, resolve_config_file
+
+    data = yaml.safe_load(resolve_config_file(name_or_path, "distill").read_text()) or {}
+    extra = parse_overrides(overrides or [])
+    chosen = extra.get("objective", {}).get("name")
+    if chosen is not None and chosen != data.get("objective", {}).get("name"):
+        data = {**data, "objective": {}}
+    return build(DistillConfig, merge(data, extra))
+
+
 def objective_config(spec: dict):
     """``{"name": ..., **fields}`` -> ``(objective class, its typed config)``; unknown names and keys fail with the
     closest valid one."""

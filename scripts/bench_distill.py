@@ -2,7 +2,7 @@
 
     python scripts/bench_distill.py [--steps 2000] [--samples 1000] [--only eulerian,ctm] [--json]
 
-Each objective runs ``configs/distill/mnist.yaml`` with only ``objective.name`` changed (its own defaults otherwise),
+Each objective runs ``configs/distill/mnist.yaml`` with ``objective.name`` changed (that objective's defaults),
 the same steps, batch, learning rate and seed, in ``runs/bench-distill/<objective>`` (rerunning resumes). Printed per
 objective: FD at 1, 2 and 4 NFE, each over the teacher's best FD (any solver, at most 64 NFE, same samples), the
 confident share and fidelity RMSE at 1 NFE, and training seconds.
@@ -14,10 +14,9 @@ import argparse
 import json
 import sys
 
-from distill.config import load_config
 from distill.evaluate import Evaluation
 from distill.objectives import OBJECTIVES
-from distill.run import DistillConfig, run_distillation
+from distill.run import load_distill_config, run_distillation
 from distill.teachers import load_teacher
 
 
@@ -46,7 +45,7 @@ def main() -> None:
                      f"run_dir=runs/bench-distill/{name}", f"name={name}", "train.progress=false"]
         if name == "progressive":  # 8 -> 1 steps in three rounds over the budget
             overrides += ["objective.start_steps=8", f"objective.steps_per_round={max(1, args.steps // 3)}"]
-        report = run_distillation(load_config(DistillConfig, "mnist", "distill", overrides))
+        report = run_distillation(load_distill_config("mnist", overrides))
         student = {row["nfe"]: row for row in report["eval"]["rows"] if row["kind"] == "student"}
         rows.append({"objective": name, "fd": {str(k): student[k]["fd"] for k in (1, 2, 4)},
                      "fd_ratio": {str(k): student[k]["fd"] / best["fd"] for k in (1, 2, 4)},
