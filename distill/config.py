@@ -113,11 +113,14 @@ def resolve_config_file(name_or_path: str | Path, kind: str) -> Path:
     raise FileNotFoundError(f"no config {name_or_path!r}: pass a .yaml file or a preset ({', '.join(presets)})")
 
 
+def read_config(name_or_path: str | Path, kind: str) -> dict:
+    """The overrides a YAML file or preset holds, as a nested dict."""
+    return yaml.safe_load(resolve_config_file(name_or_path, kind).read_text()) or {}
+
+
 def load_config(cls: type[C], name_or_path: str | Path, kind: str, overrides: list[str] | None = None) -> C:
     """YAML overrides, then command-line ``key=value`` overrides, on top of ``cls``'s defaults."""
-    path = resolve_config_file(name_or_path, kind)
-    data = yaml.safe_load(path.read_text()) or {}
-    return build(cls, merge(data, parse_overrides(overrides or [])))
+    return build(cls, merge(read_config(name_or_path, kind), parse_overrides(overrides or [])))
 
 
 def to_dict(config) -> dict:

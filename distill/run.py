@@ -86,11 +86,9 @@ class DistillConfig:
 def load_distill_config(name_or_path: str, overrides: list[str] | None = None) -> DistillConfig:
     """A preset or YAML file plus ``key=value`` overrides. Choosing another ``objective.name`` on the command line
     replaces the file's objective section (its fields belong to the other objective)."""
-    import yaml
+    from .config import merge, parse_overrides, read_config
 
-    from .config import merge, parse_overrides, resolve_config_file
-
-    data = yaml.safe_load(resolve_config_file(name_or_path, "distill").read_text()) or {}
+    data = read_config(name_or_path, "distill")
     extra = parse_overrides(overrides or [])
     chosen = extra.get("objective", {}).get("name")
     if chosen is not None and chosen != data.get("objective", {}).get("name"):
@@ -153,8 +151,8 @@ def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 
     def draw(model) -> torch.Tensor:
         from .solvers import sample
 
-        return sample(model, noise.to(next(model.parameters()).device), steps=steps,
-                      cond=None if cond is None else cond.to(noise.device))
+        device = next(model.parameters()).device
+        return sample(model, noise.to(device), steps=steps, cond=None if cond is None else cond.to(device))
 
     return draw
 

@@ -43,19 +43,19 @@ class MeanFlow(DistillationObjective):
 
     config_class = MeanFlowConfig
 
-    def target(self, student, x_t: Tensor, t: Tensor, s: Tensor, cond) -> tuple[Tensor, Tensor]:
-        """``(v, F_tgt)`` at ``(x_t, t, s)``, both detached."""
+    def target(self, student, x_t: Tensor, t: Tensor, s: Tensor, cond) -> Tensor:
+        """``F_tgt`` at ``(x_t, t, s)``, detached."""
         v = self.velocity(x_t, t, cond)
         inner = unwrap(student)
 
         def average_velocity(x, t_, s_):
             return inner.average_velocity(x, t_, s_, cond)
 
-        return v, eulerian_target(self, average_velocity, x_t, t, s, v)
+        return eulerian_target(self, average_velocity, x_t, t, s, v)
 
     def __call__(self, student, batch: Batch, step: int) -> LossOutput:
         t, s = self.sample_times(batch.x.shape[0])
         x_t = noised(batch.x, t)
-        _, F_tgt = self.target(student, x_t, t, s, batch.cond)
+        F_tgt = self.target(student, x_t, t, s, batch.cond)
         F = student(x_t, t, s, batch.cond, output="average_velocity")
         return self.compare(F, F_tgt)
