@@ -22,6 +22,9 @@ def _teachers(args: argparse.Namespace) -> dict:
 
 def _sample(args: argparse.Namespace) -> dict:
     from .evaluate import save_samples
+
+    if args.model.endswith(".onnx"):
+        return _sample_onnx(args)
     from .solvers import sample, solver_nfe, time_grid
     from .students import FlowMap, load_model
     from .teachers import GuidedTeacher
@@ -64,6 +67,45 @@ def _sample(args: argparse.Namespace) -> dict:
         extra = f", RMSE to the exact flow map {report['reference_rmse']:.4g}" if report["reference_rmse"] else ""
         print(f"{args.n} samples from {args.model} ({report['solver']}, {report['nfe']} NFE) in {seconds:.2f} s "
               f"-> {args.out}{extra}")
+    return report
+
+
+def _sample_onnx(args: argparse.Namespace) -> dict:
+    """``distill sample MODEL.onnx``: the exported graph in ONNX Runtime (``exporters.runtime``, no PyTorch)."""
+    from exporters.runtime import OnnxSampler
+
+    from .evaluate import save_samples
+
+    runtime = OnnxSampler(args.model, providers=args.providers)
+    classes = runtime.metadata.get("num_classes")
+    labels = None
+    if args.class_label is not None:
+        labels = [args.class_label] * args.n
+    elif classes:
+        labels = list(range(classes)) * (args.n // classes) + list(range(args.n % classes))
+    steps = runtime.metadata.get("steps") or args.steps
+    start = time.perf_counter()
+    x = runtime.sample(args.n, seed=args.seed, class_labels=labels, steps=steps)
+    seconds = time.perf_counter() - start
+    save_samples(torch.from_numpy(x), args.out, title=f"{args.model}: {steps} steps")
+    report = {"model": str(args.model), "solver": "onnx", "steps": steps, "nfe": steps, "samples": args.n,
+              "seconds": round(seconds, 4), "out": str(args.out), "providers": runtime.providers,
+              "precision": runtime.metadata.get("precision")}
+    if not args.json:
+        print(f"{args.n} samples from {args.model} ({report['precision']}, {steps} steps, {runtime.providers[0]}) in "
+              f"{seconds:.2f} s -> {args.out}")
+    return report
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from exporters.report import ExportConfig, export_student, markdown
+
+    config = ExportConfig(steps=tuple(args.steps), precisions=tuple(args.precision), graphs=tuple(args.graphs),
+                          samples=args.samples, latency_batch=args.batch, threads=args.threads)
+    report = export_student(args.model, args.out, config)
+    if not args.json:
+        print(markdown(report))
+        print(f"\nmodels and report.json / report.md in {args.out}")
     return report
 
 
@@ -135,10 +177,21 @@ def _quickstart(args: argparse.Namespace) -> dict:
     overrides = [f"run_dir={args.out}", *(["train.progress=false"] if args.json else []), *args.overrides]
     config = load_distill_config("quickstart", overrides)
     run = run_distillation(config)
+    export = None
+    if args.export_steps:  # the student's ONNX sampler, checked against PyTorch, its FD beside the float student's
+        from exporters.report import ExportConfig, export_student
+
+        export = export_student(run["student"], f"{args.out}/export",
+                                ExportConfig(steps=tuple(args.export_steps), precisions=("fp32",),
+                                             samples=config.eval.samples))
     report = {"teacher": run["teacher"], "student": run["student"], "seconds": round(time.perf_counter() - start, 1),
-              "eval": run["eval"], "export": None, "run": run}
+              "eval": run["eval"], "export": export, "run": run}
     if not args.json:
         _print_run(run)
+        if export:
+            from exporters.report import markdown
+
+            print(markdown(export))
         print(f"quickstart: {report['seconds']:.0f} s; samples {args.out}/samples.png, plot {args.out}/quality.png; "
               f"next: distill sample {run['student']} --steps 2 --class 3")
     return report
@@ -170,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--null-class", type=int, default=None, help="the unconditional label, for --guidance")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
+    sample.add_argument("--providers", default=None, help="ONNX Runtime providers for a .onnx model, e.g. cuda,cpu")
     sample.set_defaults(run=_sample)
 
     evaluate = commands.add_parser("eval", help="quality versus NFE: a teacher's solvers, or a student beside them")
@@ -182,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", default="eval.png", help="PNG of quality versus NFE ('' for none)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     evaluate.set_defaults(run=_eval)
+
+    export = commands.add_parser("export", help="ONNX sampler graphs at each precision, checked against PyTorch")
+    export.add_argument("model", help="a student folder (distill run / quickstart writes <run>/student)")
+    export.add_argument("--steps", type=_int_list, default=[1, 2, 4], help="sampler graphs to write, e.g. 1,2,4")
+    export.add_argument("--precision", type=_name_list, default=["fp32", "fp16", "int8"],
+                        help="fp32, fp16, int8 (static QDQ), int8-dynamic, int8-mixed")
+    export.add_argument("--graphs", type=_name_list, default=["sampler"], help="sampler and/or jump")
+    export.add_argument("--out", default="export", help="output folder")
+    export.add_argument("--samples", type=int, default=500, help="samples for FD (0: skip)")
+    export.add_argument("--batch", type=int, default=64, help="batch of the latency measurement")
+    export.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime alike")
+    export.set_defaults(run=_export)
 
     train_teacher = commands.add_parser("train-teacher", help="train a teacher (how the bundled ones were made)")
     train_teacher.add_argument("config", help="a YAML file or a preset in configs/teachers/")
@@ -198,9 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart = commands.add_parser("quickstart", help="bundled MNIST teacher -> distilled student -> eval table")
     quickstart.add_argument("overrides", nargs="*", help="key=value overrides of configs/distill/quickstart.yaml")
     quickstart.add_argument("--out", default="runs/quickstart", help="the run folder")
+    quickstart.add_argument("--export-steps", type=_int_list, default=[2],
+                            help="ONNX sampler graphs to export and check ('' for none)")
     quickstart.set_defaults(run=_quickstart)
 
-    for command in (teachers, sample, evaluate, train_teacher, run, quickstart):
+    for command in (teachers, sample, evaluate, export, train_teacher, run, quickstart):
         command.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     return parser
 

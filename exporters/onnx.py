@@ -1,0 +1,316 @@
+"""ONNX graphs of a flow-map student (DESIGN.md §3, exporters).
+
+Two graph kinds, both with a dynamic batch dimension:
+
+- ``sampler``: ``noise [B, ...] (+ class_labels [B]) -> sample [B, ...]``, the K-step time grid baked in: K jumps
+  ``x <- X(x, t_k, t_{k+1})`` from ``x = t_0 * noise`` (the same arithmetic as ``distill.sample(student, noise,
+  steps=K)``).
+- ``jump``: ``x [B, ...], t [B], s [B] (+ class_labels [B]) -> X(x, t, s)``, one jump between any two times.
+
+A student built on a teacher's network (``FlowMap.from_teacher``) converts canonical time to the network's own
+timestep and input scale, and its output to a velocity, through float64 schedule arithmetic (searchsorted over the
+training table for a DDPM). Both conversions are linear in the state and the network output at fixed ``t``
+(DESIGN.md §2), so one jump is ``X = p(t, s) x + q(t, s) out``, ``out = net(c_in(t) x, timestep(t), gap = t - s)``:
+the sampler bakes these scalars per step (computed in float64); the jump graph interpolates them from a dense table
+over ``t``. Every model carries its metadata (convention, time grid, precision, a hash of the source weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+GRAPHS = ("sampler", "jump")
+EXPORTERS = ("dynamo", "torchscript")
+CONVENTION = ("rectified flow: x_t = (1 - t) x_data + t noise, t = 0 data, t = 1 noise; "
+              "X(x, t, s) = x + (s - t) F(x, t, s)")
+TWO_GIB = 2 * 1024**3
+
+
+@dataclass
+class OnnxExportConfig:
+    """What to export.
+
+    Args:
+        graph: ``"sampler"`` (K baked jumps) or ``"jump"`` (x, t, s -> X).
+        steps: K, the sampler's number of jumps on the student's uniform grid (ignored by the jump graph).
+        opset: ONNX opset (>= 18).
+        exporter: ``"dynamo"`` (torch.export; falls back to TorchScript with a warning when it fails) or
+            ``"torchscript"``.
+        table_size: points of the jump graph's coefficient table over ``t`` (students on a teacher's network).
+        float_steps: sampler steps that run on a separate network copy (scope ``float_copy``) a quantiser leaves
+            in float.
+    """
+
+    graph: str = "sampler"
+    steps: int = 1
+    opset: int = 18
+    exporter: str = "dynamo"
+    table_size: int = 8193
+    float_steps: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.graph not in GRAPHS:
+            raise ValueError(f"unknown graph {self.graph!r}; use one of {', '.join(GRAPHS)}")
+        if self.exporter not in EXPORTERS:
+            raise ValueError(f"unknown exporter {self.exporter!r}; use one of {', '.join(EXPORTERS)}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.opset < 18:
+            raise ValueError(f"opset must be >= 18, got {self.opset}")
+
+
+# --- the jump as scalars times tensors ------------------------------------------------------------------------
+def velocity_coefficients(teacher, t: Tensor) -> dict[str, Tensor]:
+    """float64 [N] scalars of a teacher network's velocity at canonical ``t``: ``v = a x + b out`` with
+    ``out = net(c_in x, timestep)`` (``Parameterization.model_input`` and ``.velocity``, both linear at fixed ``t``)."""
+    parameterization = teacher.parameterization
+    t = t.to(torch.float64)
+    ones, zeros = torch.ones(len(t), 1, dtype=torch.float64), torch.zeros(len(t), 1, dtype=torch.float64)
+    c_in, timestep = parameterization.model_input(ones, t)
+    a = parameterization.velocity(zeros, ones, t)[:, 0]
+    b = parameterization.velocity(ones, zeros, t)[:, 0]
+    mixed = parameterization.velocity(2 * ones, 3 * ones, t)[:, 0]  # linear: 3a + 2b
+    if not torch.allclose(mixed, 3 * a + 2 * b, rtol=1e-9, atol=1e-12):
+        raise ValueError(f"the {parameterization.prediction_type!r} parameterization is not linear in the network "
+                         "output; this exporter cannot bake it")
+    return {"c_in": c_in[:, 0], "timestep": timestep, "a": a, "b": b}
+
+
+def jump_scalars(c_in: Tensor, timestep: Tensor, a: Tensor, b: Tensor, t: Tensor, s: Tensor) -> dict[str, Tensor]:
+    """``X(x, t, s) = x + (s - t) v = p x + q out`` with ``p = 1 + (s - t) a``, ``q = (s - t) b``."""
+    return {"c_in": c_in, "timestep": timestep, "p": 1 + (s - t) * a, "q": (s - t) * b, "gap": t - s}
+
+
+def _on_teacher_network(student) -> bool:
+    from distill.teachers.base import NetworkTeacher
+
+    return isinstance(student.base, NetworkTeacher)
+
+
+def _expand(value: Tensor, like: Tensor) -> Tensor:
+    """A scalar or [B] value broadcast over ``like`` [B, ...]."""
+    return value.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def teacher_network_jump(student, x: Tensor, scalars: dict[str, Tensor], cond: Tensor | None) -> Tensor:
+    """``p x + q net(c_in x, timestep, gap)`` for a student on a teacher's network; per-example scalars are [B]
+    tensors or float32 scalars."""
+    batch = x.shape[0]
+    for embedding in student.gap_embeddings:
+        embedding.gap = scalars["gap"].expand(batch)
+    try:
+        out = student.base.call_network(x * _expand(scalars["c_in"], x), scalars["timestep"].expand(batch), cond)
+    finally:
+        for embedding in student.gap_embeddings:
+            embedding.gap = None
+    return _expand(scalars["p"], x) * x + _expand(scalars["q"], x) * out.to(x.dtype)
+
+
+FLOAT_COPY = "float_copy"  # name scope of the network copy that stays float in a mixed-precision sampler
+
+
+class SamplerGraph(nn.Module):
+    """``noise (+ class labels) -> sample``: ``x = t_0 noise``, then one jump per step of ``times`` (float64
+    scalars computed at construction, stored as float32 buffers).
+
+    Steps listed in ``float_steps`` call a separate copy of the network (module ``float_copy``), which a quantiser
+    leaves in float: the steps whose jump amplifies the network's output error (see :func:`step_gains`)."""
+
+    def __init__(self, student, times: Tensor, float_steps: tuple[int, ...] = ()):
+        super().__init__()
+        self.times, self.float_steps = times, tuple(float_steps)
+        self.on_network = _on_teacher_network(student)
+        self.student = student if self.on_network else student.base
+        self.float_copy = copy.deepcopy(self.student) if self.float_steps else None
+        pairs = (times[:-1], times[1:])
+        if self.on_network:
+            scalars = jump_scalars(**velocity_coefficients(student.base, pairs[0]), t=pairs[0], s=pairs[1])
+        else:
+            scalars = {"t": pairs[0], "s": pairs[1]}
+        for name, values in scalars.items():
+            self.register_buffer(f"step_{name}", values.to(torch.float32), persistent=False)
+        self.t_start = float(times[0])
+
+    def forward(self, noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        x = noise * self.t_start
+        for k in range(len(self.times) - 1):
+            network = self.float_copy if k in self.float_steps else self.student
+            if self.on_network:
+                names = ("c_in", "timestep", "p", "q", "gap")
+                x = teacher_network_jump(network, x, {n: getattr(self, f"step_{n}")[k] for n in names}, class_labels)
+            else:
+                t, s = self.step_t[k].expand(x.shape[0]), self.step_s[k].expand(x.shape[0])
+                x = x + _expand(s - t, x) * network(x, t, s, class_labels)
+        return x
+
+
+def step_gains(student, times: Tensor) -> list[float]:
+    """How much each jump of the grid amplifies an error in the network's raw output: ``|q|`` of ``X = p x + q out``
+    (``|s - t|`` for a network that outputs ``F`` itself). An epsilon-predicting network's first jump from ``t_max``
+    has ``|q| ~ (t - s) / (1 - t)``: over a hundred for a DDPM, so quantisation noise there ruins the sample."""
+    if not _on_teacher_network(student):
+        return (times[:-1] - times[1:]).abs().tolist()
+    coefficients = velocity_coefficients(student.base, times[:-1])
+    return jump_scalars(**coefficients, t=times[:-1], s=times[1:])["q"].abs().tolist()
+
+
+class JumpGraph(nn.Module):
+    """``(x, t, s (+ class labels)) -> X(x, t, s)`` for any ``t >= s`` in the student's range.
+
+    A student on a teacher's network reads ``c_in``, ``timestep`` and the velocity coefficients from a dense float64
+    table over ``t`` (linear interpolation; index = number of table points <= t, an ONNX-friendly searchsorted)."""
+
+    def __init__(self, student, table_size: int = 8193):
+        super().__init__()
+        self.student = student
+        self.on_network = _on_teacher_network(student)
+        if self.on_network:
+            # t = 0 is left out: a sample-predicting network gives no velocity there (X(x, 0, 0) = x anyway).
+            grid = torch.linspace(max(student.t_min, 1e-5), student.t_max, table_size, dtype=torch.float64)
+            columns = list(velocity_coefficients(student.base, grid).values())  # c_in, timestep, a, b
+            self.register_buffer("table_t", grid.to(torch.float32), persistent=False)
+            self.register_buffer("table", torch.stack(columns, 1).to(torch.float32), persistent=False)  # [N, 4]
+
+    def _interpolate(self, t: Tensor) -> Tensor:
+        index = (self.table_t[None, :] <= t[:, None]).sum(1) - 1  # [B]
+        index = index.clamp(0, len(self.table_t) - 2)
+        t0, t1 = self.table_t[index], self.table_t[index + 1]
+        w = ((t - t0) / (t1 - t0))[:, None]
+        return self.table[index] * (1 - w) + self.table[index + 1] * w  # [B, 4]
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if not self.on_network:
+            return x + _expand(s - t, x) * self.student.base(x, t, s, class_labels)
+        return teacher_network_jump(self.student, x, jump_scalars(*self._interpolate(t).unbind(1), t, s), class_labels)
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+def graph_module(student, config: OnnxExportConfig) -> nn.Module:
+    """The module that is exported: a :class:`SamplerGraph` on the student's uniform K-step grid, or a
+    :class:`JumpGraph`."""
+    from distill.solvers import time_grid
+
+    if config.graph == "sampler":
+        return SamplerGraph(student, time_grid(student, config.steps), config.float_steps).eval()
+    return JumpGraph(student, config.table_size).eval()
+
+
+def input_names(student, graph: str) -> list[str]:
+    names = ["noise"] if graph == "sampler" else ["x", "t", "s"]
+    return names + (["class_labels"] if student.info.get("num_classes") else [])
+
+
+def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[str, Tensor]:
+    """Inputs of the right names, shapes and dtypes: standard normal states, times ``t > s`` in the student's
+    range, class labels in ``[0, num_classes)``."""
+    if student.sample_shape is None:
+        raise ValueError("the student does not declare its sample shape, so its ONNX inputs cannot be shaped")
+    generator = torch.Generator().manual_seed(seed)
+    state = torch.randn(batch, *student.sample_shape, generator=generator)
+    inputs = {"noise": state} if graph == "sampler" else {"x": state}
+    if graph == "jump":
+        t = student.t_min + (student.t_max - student.t_min) * torch.rand(batch, generator=generator)
+        inputs |= {"t": t, "s": t * torch.rand(batch, generator=generator)}
+    classes = student.info.get("num_classes")
+    if classes:
+        inputs["class_labels"] = torch.randint(0, classes, (batch,), generator=generator)
+    return inputs
+
+
+def weights_hash(student) -> str:
+    """sha256 over the student's parameters and buffers (names, shapes, bytes): which weights an artifact holds."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(student.state_dict().items()):
+        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_onnx(student, path: str | Path, config: OnnxExportConfig | None = None, source: str = "") -> dict:
+    """Export ``student`` to ``path`` (weights in an external ``.data`` file only above 2 GiB) and write its metadata.
+
+    Returns the metadata written (also readable with :func:`read_metadata` and by ``exporters.runtime``).
+    """
+    config = config or OnnxExportConfig()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = graph_module(student, config)
+    inputs = example_inputs(student, config.graph)
+    names = list(inputs)
+    large = sum(p.numel() * p.element_size() for p in student.parameters()) > TWO_GIB
+    exporter = _export(module, inputs, path, config, large)
+    metadata = {
+        "format": "distill flow-map student", "convention": CONVENTION, "graph": config.graph,
+        "steps": config.steps if config.graph == "sampler" else None,
+        "times": [float(t) for t in module.times] if config.graph == "sampler" else None,
+        "t_min": student.t_min, "t_max": student.t_max, "sample_shape": list(student.sample_shape),
+        "num_classes": student.info.get("num_classes"), "inputs": names, "output": _output_name(config.graph),
+        "precision": "fp32", "exporter": exporter, "opset": config.opset, "source": source,
+        "source_sha256": weights_hash(student), "teacher": student.info.get("teacher") or student.info.get("name"),
+    }
+    write_metadata(path, metadata, strip_node_metadata=not config.float_steps)
+    return metadata
+
+
+def _output_name(graph: str) -> str:
+    return "sample" if graph == "sampler" else "x_s"
+
+
+def _export(module: nn.Module, inputs: dict[str, Tensor], path: Path, config: OnnxExportConfig, large: bool) -> str:
+    """Run torch.onnx.export with the dynamo exporter (or TorchScript); returns the exporter that succeeded."""
+    args = tuple(inputs.values())
+    names, output = list(inputs), [_output_name(config.graph)]
+    if config.exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1)
+        parameters = ["noise", "class_labels"] if config.graph == "sampler" else ["x", "t", "s", "class_labels"]
+        shapes = {name: {0: batch} for name in parameters[: len(args)]}
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(path), dynamo=True, opset_version=config.opset,
+                                  input_names=names, output_names=output, dynamic_shapes=shapes,
+                                  external_data=large, verbose=False)
+            return "dynamo"
+        except Exception as error:  # noqa: BLE001 - any exporter failure falls back, and says so
+            print(f"exporters: the dynamo exporter failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                  "falling back to the TorchScript exporter", file=sys.stderr)
+            warnings.warn(f"dynamo ONNX export failed, used the TorchScript exporter: {error}", stacklevel=2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=config.opset, input_names=names,
+                          output_names=output, dynamic_axes={name: {0: "batch"} for name in names + output})
+    return "torchscript"
+
+
+# --- metadata -------------------------------------------------------------------------------------------------
+def write_metadata(path: str | Path, metadata: dict, strip_node_metadata: bool = True) -> None:
+    """Store ``metadata`` in the model's ``metadata_props`` (one JSON-encoded value per key); by default drop the
+    exporter's per-node debug metadata (stack traces and FX nodes: a fifth of a small model's bytes)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if strip_node_metadata:
+        for node in model.graph.node:
+            del node.metadata_props[:]
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata :func:`export_onnx` wrote (JSON-decoded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.key: json.loads(entry.value) for entry in model.metadata_props}

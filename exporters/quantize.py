@@ -1,0 +1,250 @@
+"""Lower-precision students: ONNX fp16 and int8 for ONNX Runtime, torchao for PyTorch serving (DESIGN.md §3).
+
+One verb per runtime, each with a config (torchao's ``quantize_(model, Config())`` shape):
+
+- ``quantize_onnx(src, dst, QuantizeConfig(precision), calibration)``: ``fp16`` (inputs and outputs stay float32;
+  normalisations, softmax, exp/log/pow and the time-embedding trigonometry stay float32), ``int8`` (static QDQ,
+  per-channel symmetric weights, activations calibrated on the student's own inputs at its deployed times),
+  ``int8-dynamic`` (weights only calibrated, activations quantised per call) and ``int8-mixed`` (static, with the
+  layers whose quantised output is least faithful — measured signal-to-quantisation-noise ratio on the calibration
+  data — kept in float).
+- ``quantize_torch(module, TorchaoConfig(mode))``: torchao int8 dynamic, int8 / int4 weight-only, float8 (where
+  the hardware has it), optionally compiled; ``save_torchao`` / ``load_torchao`` round-trip the weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-mixed")
+# Kept in float32 by the fp16 conversion: their ranges or accumulations overflow or lose too much in half precision.
+FP16_KEEP_FLOAT = ("GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+                   "ReduceMean", "ReduceSum", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal", "Div", "Exp", "Log",
+                   "Softmax", "Sin", "Cos", "Erf")
+
+
+@dataclass
+class QuantizeConfig:
+    """How to lower an fp32 ONNX model.
+
+    Args:
+        precision: one of :data:`PRECISIONS` other than ``fp32``.
+        op_types: operators int8 quantises (convolutions and matrix products carry the compute).
+        per_channel: per-output-channel weight scales (static int8).
+        keep_float_share: ``int8-mixed``: share of the quantised operators kept in float, least faithful first.
+        max_gain: int8 sampler steps whose jump amplifies the network's output error by more than this
+            (``exporters.onnx.step_gains``) run on a float copy of the network.
+    """
+
+    precision: str = "int8"
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    per_channel: bool = True
+    keep_float_share: float = 0.1
+    max_gain: float = 4.0
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS or self.precision == "fp32":
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS[1:])}")
+        if not 0 <= self.keep_float_share < 1:
+            raise ValueError(f"keep_float_share must lie in [0, 1), got {self.keep_float_share}")
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader over a list of input dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = feeds
+        self.iterator = iter(feeds)
+
+    def get_next(self):
+        return next(self.iterator, None)
+
+    def rewind(self):
+        self.iterator = iter(self.feeds)
+
+
+def _reader(feeds: list[dict[str, np.ndarray]]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_Feeds, CalibrationDataReader):
+        pass
+
+    return Reader(feeds)
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, config: QuantizeConfig,
+                  calibration: Iterable[dict[str, np.ndarray]] | None = None) -> Path:
+    """Write ``src`` (an fp32 model from ``exporters.onnx``) lowered to ``config.precision`` at ``dst``, with its
+    metadata carried over and ``precision`` updated. Static int8 needs ``calibration``: input dicts of the model."""
+    from .onnx import read_metadata, write_metadata
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"no ONNX model at {src}")
+    if config.precision == "fp16":
+        _to_fp16(src, dst)
+    elif config.precision == "int8-dynamic":
+        _to_int8_dynamic(src, dst, config)
+    else:
+        feeds = list(calibration or [])
+        if not feeds:
+            raise ValueError(f"{config.precision} needs calibration inputs (a list of input dicts)")
+        with tempfile.TemporaryDirectory() as folder:
+            separated = Path(folder) / "separated.onnx"
+            exclude = _separate_float_copy(src, separated)
+            if config.precision == "int8-mixed":
+                exclude += _least_faithful(separated, feeds, config, exclude)
+            _to_int8_static(separated, dst, config, feeds, exclude)
+    metadata = read_metadata(src) | {"precision": config.precision}
+    write_metadata(dst, metadata)
+    return dst
+
+
+def _to_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    half = convert_float_to_float16(model, keep_io_types=True,
+                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FLOAT))
+    onnx.save(half, str(dst))
+
+
+def _preprocessed(src: Path, folder: Path) -> Path:
+    """Shape inference and graph optimisation before quantisation (onnxruntime's recommended pre-processing)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = folder / "preprocessed.onnx"
+    quant_pre_process(str(src), str(path), skip_symbolic_shape=True)
+    return path
+
+
+def _to_int8_dynamic(src: Path, dst: Path, config: QuantizeConfig) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as folder:
+        quantize_dynamic(str(_preprocessed(src, Path(folder))), str(dst), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(config.op_types), per_channel=config.per_channel)
+
+
+def _to_int8_static(src: Path, dst: Path, config: QuantizeConfig, feeds: list[dict[str, np.ndarray]],
+                    exclude: list[str]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory() as folder:
+        quantize_static(str(_preprocessed(src, Path(folder))), str(dst), _reader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def _separate_float_copy(src: Path, dst: Path) -> list[str]:
+    """Write ``src`` to ``dst`` with the float network copy's weights unshared (the exporter merges equal
+    initializers, and a quantiser would then quantise a weight for every consumer); returns the copy's node names
+    (scope ``exporters.onnx.FLOAT_COPY``)."""
+    import onnx
+
+    from .onnx import FLOAT_COPY
+
+    def scopes(node) -> str:
+        return next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    float_nodes = [n for n in graph.node if f"'{FLOAT_COPY}" in scopes(n)]
+    for node in float_nodes:
+        for k, name in enumerate(node.input):
+            if name in initializers and initializers[name].data_type == onnx.TensorProto.FLOAT:
+                if f"{name}/{FLOAT_COPY}" not in initializers:
+                    copy = graph.initializer.add()
+                    copy.CopyFrom(initializers[name])
+                    copy.name = f"{name}/{FLOAT_COPY}"
+                    initializers[copy.name] = copy
+                node.input[k] = f"{name}/{FLOAT_COPY}"
+    onnx.save(model, str(dst))
+    return [n.name for n in float_nodes]
+
+
+def _least_faithful(src: Path, feeds: list[dict[str, np.ndarray]], config: QuantizeConfig,
+                    excluded: list[str]) -> list[str]:
+    """Names of the quantised nodes whose outputs have the lowest signal-to-quantisation-noise ratio (float model
+    versus a fully quantised one on the calibration inputs), ``keep_float_share`` of them."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        quantized = folder / "all.onnx"
+        _to_int8_static(src, quantized, config, feeds, excluded)
+        float_debug, quant_debug = folder / "float_debug.onnx", folder / "quant_debug.onnx"
+        pre = _preprocessed(src, folder)
+        modify_model_output_intermediate_tensors(str(pre), str(float_debug))
+        modify_model_output_intermediate_tensors(str(quantized), str(quant_debug))
+        float_acts = collect_activations(str(float_debug), _reader(feeds))
+        quant_acts = collect_activations(str(quant_debug), _reader(feeds))
+        errors = compute_activation_error(create_activation_matching(quant_acts, float_acts))
+        producers = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output
+                     if node.op_type in config.op_types and node.name not in excluded}
+    sqnr = {producers[name]: value["xmodel_err"] for name, value in errors.items() if name in producers}
+    ranked = sorted(sqnr, key=sqnr.get)
+    return ranked[: max(1, round(config.keep_float_share * len(ranked)))] if ranked else []
+
+
+# --- torchao, for PyTorch serving -----------------------------------------------------------------------------
+TORCHAO_MODES = ("int8-dynamic", "int8-weight", "int4-weight", "float8-dynamic")
+
+
+@dataclass
+class TorchaoConfig:
+    """torchao quantisation of a PyTorch module's linear layers.
+
+    Args:
+        mode: ``int8-dynamic`` (int8 weights and per-token dynamic int8 activations), ``int8-weight``,
+            ``int4-weight`` (weight-only, group size ``group_size``) or ``float8-dynamic`` (needs a GPU with float8).
+        compile: wrap the result in ``torch.compile``.
+    """
+
+    mode: str = "int8-dynamic"
+    group_size: int = 32
+    compile: bool = True
+
+    def __post_init__(self):
+        if self.mode not in TORCHAO_MODES:
+            raise ValueError(f"unknown torchao mode {self.mode!r}; use one of {', '.join(TORCHAO_MODES)}")
+
+
+def _torchao_config(config: TorchaoConfig):
+    from torchao import quantization as q
+
+    if config.mode == "int8-dynamic":
+        return q.Int8DynamicActivationInt8WeightConfig()
+    if config.mode == "int8-weight":
+        return q.Int8WeightOnlyConfig()
+    if config.mode == "int4-weight":
+        return q.Int4WeightOnlyConfig(group_size=config.group_size)
+    return q.Float8DynamicActivationFloat8WeightConfig()
+
+
+def quantize_torch(module, config: TorchaoConfig | None = None):
+    """Quantise ``module``'s ``nn.Linear`` layers in place with torchao (``quantize_``); returns the module, compiled
+    when ``config.compile``."""
+    import torch
+    from torchao.quantization import quantize_
+
+    config = config or TorchaoConfig()
+    if config.mode == "float8-dynamic" and not (torch.cuda.is_available()
+                                                and torch.cuda.get_device_capability() >= (8, 9)):
+        raise ValueError("float8-dynamic needs a GPU with float8 (compute capability >= 8.9); use int8-dynamic here")
+    quantize_(module, _torchao_config(config))
+    return torch.compile(module) if config.compile else module

@@ -1,0 +1,151 @@
+"""Run an exported flow-map student with ONNX Runtime: numpy and onnxruntime only (no torch), for edge devices.
+
+    from exporters.runtime import OnnxSampler
+    sampler = OnnxSampler("student-2step-int8.onnx")          # providers: the best present, or providers=[...]
+    images = sampler.sample(16, seed=0, class_labels=[7] * 16)   # [16, 1, 16, 16] float32, data space
+
+The model's metadata (written by ``exporters.onnx``) says what it is: graph kind, time grid, sample shape, classes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Fastest first; whichever of these the installed onnxruntime offers is used.
+PROVIDER_PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+def choose_providers(requested: list[str] | str | None = None) -> list[str]:
+    """``requested`` (names, or a comma-separated string; short names like ``cuda`` work) if present, else every
+    available provider in :data:`PROVIDER_PREFERENCE` order, CPU last."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested is None:
+        return [p for p in PROVIDER_PREFERENCE if p in available] or available
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    chosen = []
+    for name in names:
+        full = next((p for p in available if p.lower() in (name.lower(), f"{name.lower()}executionprovider")), None)
+        if full is None:
+            raise ValueError(f"onnxruntime provider {name!r} is not available here; available: {', '.join(available)}")
+        chosen.append(full)
+    return chosen
+
+
+class OnnxSampler:
+    """An exported sampler (or jump) graph in an ONNX Runtime session.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers (see :func:`choose_providers`).
+        threads: intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | str | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=choose_providers(providers))
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]}); re-export it with "
+                             "`distill export`") from error
+        raw = self.session.get_modelmeta().custom_metadata_map
+        if "graph" not in raw:
+            raise ValueError(f"{path} carries no flow-map metadata; export it with `distill export`")
+        self.metadata = {key: json.loads(value) for key, value in raw.items()}
+        self.path = path
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def graph(self) -> str:
+        return self.metadata["graph"]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.metadata["sample_shape"])
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _feeds(self, arrays: dict[str, np.ndarray], class_labels) -> dict[str, np.ndarray]:
+        batch = len(next(iter(arrays.values())))
+        for name, array in arrays.items():
+            if name in ("noise", "x") and tuple(array.shape[1:]) != self.sample_shape:
+                raise ValueError(f"{name} must have shape [B, {', '.join(map(str, self.sample_shape))}], "
+                                 f"got {list(array.shape)}")
+        feeds = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in arrays.items()}
+        if "class_labels" in self.input_names:
+            if class_labels is None:
+                raise ValueError(f"this model is class-conditional ({self.metadata['num_classes']} classes): pass "
+                                 "class_labels")
+            labels = np.broadcast_to(np.asarray(class_labels, dtype=np.int64), (batch,))
+            feeds["class_labels"] = np.ascontiguousarray(labels)
+        elif class_labels is not None:
+            raise ValueError("this model is unconditional: class_labels must be None")
+        return feeds
+
+    def __call__(self, noise: np.ndarray, class_labels=None) -> np.ndarray:
+        """The sampler graph: ``noise [B, ...]`` (standard normal) -> samples [B, ...] at ``t = 0``."""
+        if self.graph != "sampler":
+            raise ValueError(f"{self.path} is a {self.graph} graph; call .jump(x, t, s) or export a sampler")
+        return self.session.run(None, self._feeds({"noise": noise}, class_labels))[0]
+
+    def jump(self, x: np.ndarray, t, s, class_labels=None) -> np.ndarray:
+        """The jump graph: ``X(x, t, s)`` for canonical ``t >= s`` (numbers or [B])."""
+        if self.graph != "jump":
+            raise ValueError(f"{self.path} is a {self.graph} graph; call it on noise, or export a jump graph")
+        batch = len(x)
+        t = np.broadcast_to(np.asarray(t, dtype=np.float32), (batch,))
+        s = np.broadcast_to(np.asarray(s, dtype=np.float32), (batch,))
+        return self.session.run(None, self._feeds({"x": x, "t": t, "s": s}, class_labels))[0]
+
+    def generate(self, noise: np.ndarray, class_labels=None, steps: int = 1) -> np.ndarray:
+        """Samples from standard normal ``noise``: a sampler graph's baked grid, or ``steps`` uniform jumps of a jump
+        graph from ``t_max`` to 0."""
+        if self.graph == "sampler":
+            return self(noise, class_labels)
+        times = np.linspace(self.metadata["t_max"], 0.0, steps + 1)
+        x = noise * np.float32(times[0])
+        for t, s in zip(times[:-1], times[1:]):
+            x = self.jump(x, t, s, class_labels)
+        return x
+
+    def sample(self, n: int, seed: int = 0, class_labels=None, steps: int = 1) -> np.ndarray:
+        """``n`` samples from noise drawn with ``seed`` (see :meth:`generate`)."""
+        noise = np.random.default_rng(seed).standard_normal((n, *self.sample_shape), dtype=np.float32)
+        return self.generate(noise, class_labels, steps)
+
+    def latency_ms(self, batch: int = 64, repeats: int = 10, class_labels=0) -> float:
+        """Median wall time of one call on a batch (after one warm-up call)."""
+        noise = np.random.default_rng(0).standard_normal((batch, *self.sample_shape), dtype=np.float32)
+        labels = class_labels if "class_labels" in self.input_names else None
+        run = (lambda: self(noise, labels)) if self.graph == "sampler" else (lambda: self.jump(noise, 0.8, 0.4, labels))
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000)
