@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import sys
 import warnings
 from dataclasses import dataclass
@@ -269,6 +270,7 @@ def _export(module: nn.Module, inputs: dict[str, Tensor], path: Path, config: On
     """Run torch.onnx.export with the dynamo exporter (or TorchScript); returns the exporter that succeeded."""
     args = tuple(inputs.values())
     names, output = list(inputs), [_output_name(config.graph)]
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # not "torchvision is not installed" four times
     if config.exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1)
         parameters = ["noise", "class_labels"] if config.graph == "sampler" else ["x", "t", "s", "class_labels"]

@@ -81,25 +81,29 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantizeConfig,
                   calibration: Iterable[dict[str, np.ndarray]] | None = None) -> Path:
     """Write ``src`` (an fp32 model from ``exporters.onnx``) lowered to ``config.precision`` at ``dst``, with its
     metadata carried over and ``precision`` updated. Static int8 needs ``calibration``: input dicts of the model."""
+    import onnxruntime
+
     from .onnx import read_metadata, write_metadata
 
+    onnxruntime.set_default_logger_severity(3)  # errors only: the quantiser's sessions warn about every fold
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"no ONNX model at {src}")
     if config.precision == "fp16":
         _to_fp16(src, dst)
-    elif config.precision == "int8-dynamic":
-        _to_int8_dynamic(src, dst, config)
     else:
         feeds = list(calibration or [])
-        if not feeds:
+        if not feeds and config.precision != "int8-dynamic":
             raise ValueError(f"{config.precision} needs calibration inputs (a list of input dicts)")
         with tempfile.TemporaryDirectory() as folder:
             separated = Path(folder) / "separated.onnx"
             exclude = _separate_float_copy(src, separated)
-            if config.precision == "int8-mixed":
-                exclude += _least_faithful(separated, feeds, config, exclude)
-            _to_int8_static(separated, dst, config, feeds, exclude)
+            if config.precision == "int8-dynamic":
+                _to_int8_dynamic(separated, dst, config, exclude)
+            else:
+                if config.precision == "int8-mixed":
+                    exclude += _least_faithful(separated, feeds, config, exclude)
+                _to_int8_static(separated, dst, config, feeds, exclude)
     metadata = read_metadata(src) | {"precision": config.precision}
     write_metadata(dst, metadata)
     return dst
@@ -124,12 +128,13 @@ def _preprocessed(src: Path, folder: Path) -> Path:
     return path
 
 
-def _to_int8_dynamic(src: Path, dst: Path, config: QuantizeConfig) -> None:
+def _to_int8_dynamic(src: Path, dst: Path, config: QuantizeConfig, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as folder:
         quantize_dynamic(str(_preprocessed(src, Path(folder))), str(dst), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(config.op_types), per_channel=config.per_channel)
+                         op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
+                         nodes_to_exclude=exclude)
 
 
 def _to_int8_static(src: Path, dst: Path, config: QuantizeConfig, feeds: list[dict[str, np.ndarray]],
@@ -167,6 +172,10 @@ def _separate_float_copy(src: Path, dst: Path) -> list[str]:
                     copy.name = f"{name}/{FLOAT_COPY}"
                     initializers[copy.name] = copy
                 node.input[k] = f"{name}/{FLOAT_COPY}"
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]  # the exporter's unused duplicates go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     onnx.save(model, str(dst))
     return [n.name for n in float_nodes]
 
@@ -248,3 +257,27 @@ def quantize_torch(module, config: TorchaoConfig | None = None):
         raise ValueError("float8-dynamic needs a GPU with float8 (compute capability >= 8.9); use int8-dynamic here")
     quantize_(module, _torchao_config(config))
     return torch.compile(module) if config.compile else module
+
+
+def save_torchao(module, path: str | Path) -> Path:
+    """Save a torchao-quantised module's state (its quantised tensors included) for :func:`load_torchao`."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(getattr(module, "_orig_mod", module).state_dict(), path)
+    return path
+
+
+def load_torchao(module, path: str | Path, config: TorchaoConfig | None = None):
+    """Quantise a freshly built ``module`` like the saved one and load the saved state into it (``weights_only``:
+    torchao's tensor types are allow-listed, nothing else is unpickled)."""
+    import torch
+
+    config = config or TorchaoConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved torchao state at {path}")
+    plain = quantize_torch(module, TorchaoConfig(config.mode, config.group_size, compile=False))
+    plain.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"), assign=True)
+    return torch.compile(plain) if config.compile else plain

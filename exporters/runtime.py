@@ -62,6 +62,7 @@ class OnnxSampler:
             raise FileNotFoundError(f"no ONNX model at {path}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

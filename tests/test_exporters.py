@@ -180,3 +180,22 @@ def test_export_command_writes_models_and_report(tmp_path, capsys):
                  "--json"]) == 0
     sampled = json.loads(capsys.readouterr().out)
     assert sampled["precision"] == "fp32" and np.load(tmp_path / "s.npz")["samples"].shape == (4, 3, 8, 8)
+
+
+def test_torchao_int8_round_trip(tmp_path):
+    pytest.importorskip("torchao")
+    from exporters.quantize import TorchaoConfig, load_torchao, quantize_torch, save_torchao
+
+    student = mlp_student()
+    x, t, s = torch.randn(16, 2), torch.full((16,), 0.9), torch.full((16,), 0.3)
+    with torch.no_grad():
+        expected = student(x, t, s)
+        config = TorchaoConfig(mode="int8-weight", compile=False)
+        quantized = quantize_torch(mlp_student(), config)
+        got = quantized(x, t, s)
+        assert 0 < (got - expected).norm() / expected.norm() < 0.02
+        save_torchao(quantized, tmp_path / "int8.pt")
+        reloaded = load_torchao(mlp_student(), tmp_path / "int8.pt", config)
+        assert torch.equal(reloaded(x, t, s), got)
+    with pytest.raises(ValueError, match="unknown torchao mode"):
+        TorchaoConfig(mode="int3")
