@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+SENSITIVITY_EXAMPLES = 16  # calibration examples int8-mixed compares float and quantised activations on
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-mixed")
 # Kept in float32 by the fp16 conversion: their ranges or accumulations overflow or lose too much in half precision.
 FP16_KEEP_FLOAT = ("GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
@@ -198,10 +199,12 @@ def _least_faithful(src: Path, feeds: list[dict[str, np.ndarray]], config: Quant
         _to_int8_static(src, quantized, config, feeds, excluded)
         float_debug, quant_debug = folder / "float_debug.onnx", folder / "quant_debug.onnx"
         pre = _preprocessed(src, folder)
-        modify_model_output_intermediate_tensors(str(pre), str(float_debug))
-        modify_model_output_intermediate_tensors(str(quantized), str(quant_debug))
-        float_acts = collect_activations(str(float_debug), _reader(feeds))
-        quant_acts = collect_activations(str(quant_debug), _reader(feeds))
+        types = list(config.op_types)  # only the quantised operators' outputs, on a small slice: memory stays low
+        modify_model_output_intermediate_tensors(str(pre), str(float_debug), op_types_for_saving=types)
+        modify_model_output_intermediate_tensors(str(quantized), str(quant_debug), op_types_for_saving=types)
+        probe = [{name: array[:SENSITIVITY_EXAMPLES] for name, array in feed.items()} for feed in feeds[:1]]
+        float_acts = collect_activations(str(float_debug), _reader(probe))
+        quant_acts = collect_activations(str(quant_debug), _reader(probe))
         errors = compute_activation_error(create_activation_matching(quant_acts, float_acts))
         producers = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output
                      if node.op_type in config.op_types and node.name not in excluded}
