@@ -63,9 +63,12 @@ def test_dry_run_prints_the_resolved_config(capsys):
 def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
     overrides = ["train.steps=2", "train.batch_size=4", "objective.trajectories=8", "eval.samples=20", "eval.nfe=[1]",
                  "eval.reference_nfe=[]", "eval.solvers=[euler]"]
-    assert main(["quickstart", *overrides, "--out", str(tmp_path / "qs"), "--json"]) == 0
+    assert main(["quickstart", *overrides, "--out", str(tmp_path / "qs"), "--export-steps", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"teacher", "student", "seconds", "eval", "export"} <= set(report) and report["teacher"] == "mnist"
+    (artifact,) = report["export"]["artifacts"]  # the 1-step ONNX sampler, checked against the PyTorch student
+    assert artifact["graph"] == "sampler" and artifact["precision"] == "fp32" and artifact["rel_err"] < 1e-4
+    assert artifact["fd"] == pytest.approx(artifact["float_fd"], rel=1e-3)
     assert [r["kind"] for r in report["eval"]["rows"]] == ["teacher", "student"]
     assert report["eval"]["rows"][1]["fd"] is not None
     assert load_student(report["student"]).info["teacher"] == "mnist"
