@@ -45,6 +45,8 @@ class ExportConfig:
         calibration: batches of calibration inputs for int8.
         threads: threads for both PyTorch and ONNX Runtime (None: PyTorch's current setting).
         tolerance: relative error allowed per precision.
+        max_gain: int8 sampler steps that amplify the network's output error more than this stay float
+            (``QuantizeConfig.max_gain``; ``inf`` quantises every step).
     """
 
     steps: tuple[int, ...] = (1, 2, 4)
@@ -57,6 +59,7 @@ class ExportConfig:
     calibration: int = 8
     threads: int | None = None
     tolerance: dict[str, float] = field(default_factory=lambda: dict(TOLERANCE))
+    max_gain: float = 4.0
 
     def __post_init__(self):
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -198,7 +201,8 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
             for precision in config.precisions:
                 path = fp32_path.with_name(fp32_path.name.replace("fp32", precision))
                 if precision != "fp32":
-                    _lower(student, graph, steps, fp32_path, path, QuantizeConfig(precision=precision), config)
+                    _lower(student, graph, steps, fp32_path, path, QuantizeConfig(precision, max_gain=config.max_gain),
+                           config)
                 runtime = OnnxSampler(path, threads=threads)
                 max_abs, rel = check_parity(student, runtime, graph, steps, precision,
                                             config.tolerance.get(precision, 0.1), config.parity_batch)

@@ -2,7 +2,7 @@
 
     distill quickstart                      # makes runs/quickstart/student (once)
     python scripts/bench_export.py [--student runs/quickstart/student] [--steps 1,2,4] [--samples 500]
-                                   [--threads 1] [--torchao] [--compile] [--json]
+                                   [--threads 1] [--max-gain 4] [--torchao] [--compile] [--json]
 
 Printed: the export report (size, parity, latency beside eager PyTorch, FD beside the float student) and, per
 sampler, the ratios fp32 ONNX / eager, int8 / fp32 ONNX (latency and size) and FD of each lowering / float FD. With
@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", default="runs/bench-export")
+    parser.add_argument("--max-gain", type=float, default=4.0,
+                        help="int8 keeps steps amplifying output errors more than this in float (inf: none)")
     parser.add_argument("--torchao", action="store_true", help="also torchao int8 in PyTorch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torchao models (slow to compile)")
     parser.add_argument("--json", action="store_true")
@@ -96,7 +98,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = ExportConfig(steps=tuple(int(s) for s in args.steps.split(",")),
                           precisions=tuple(args.precisions.split(",")), samples=args.samples,
-                          latency_batch=args.batch, threads=args.threads,
+                          latency_batch=args.batch, threads=args.threads, max_gain=args.max_gain,
                           tolerance={p: float("inf") for p in args.precisions.split(",")})  # measure, do not fail
     report = export_student(args.student, args.out, config)
     result = {"export": report, "ratios": ratios(report)}
