@@ -5,9 +5,10 @@ One verb per runtime, each with a config (torchao's ``quantize_(model, Config())
 - ``quantize_onnx(src, dst, QuantizeConfig(precision), calibration)``: ``fp16`` (inputs and outputs stay float32;
   normalisations, softmax, exp/log/pow and the time-embedding trigonometry stay float32), ``int8`` (static QDQ,
   per-channel symmetric weights, activations calibrated on the student's own inputs at its deployed times),
-  ``int8-dynamic`` (weights only calibrated, activations quantised per call) and ``int8-mixed`` (static, with the
-  layers whose quantised output is least faithful — measured signal-to-quantisation-noise ratio on the calibration
-  data — kept in float).
+  ``int8-dynamic`` (int8 weights, activations quantised per call with their own ranges) and ``int8-mixed``
+  (static, with the layers whose quantised output is least faithful — measured signal-to-quantisation-noise ratio
+  on the calibration data — kept in float). A sampler exported with ``float_steps`` (``exporters.onnx``) keeps
+  those steps' network copy in float32 in every mode.
 - ``quantize_torch(module, TorchaoConfig(mode))``: torchao int8 dynamic, int8 / int4 weight-only, float8 (where
   the hardware has it), optionally compiled; ``save_torchao`` / ``load_torchao`` round-trip the weights.
 """
@@ -38,8 +39,8 @@ class QuantizeConfig:
         op_types: operators int8 quantises (convolutions and matrix products carry the compute).
         per_channel: per-output-channel weight scales (static int8).
         keep_float_share: ``int8-mixed``: share of the quantised operators kept in float, least faithful first.
-        max_gain: int8 sampler steps whose jump amplifies the network's output error by more than this
-            (``exporters.onnx.step_gains``) run on a float copy of the network.
+        max_gain: sampler steps whose jump amplifies the network's output error by more than this
+            (``exporters.onnx.step_gains``) run on a float32 copy of the network in every lower precision.
     """
 
     precision: str = "int8"
@@ -90,32 +91,31 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantizeConfig,
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"no ONNX model at {src}")
-    if config.precision == "fp16":
-        _to_fp16(src, dst)
-    else:
-        feeds = list(calibration or [])
-        if not feeds and config.precision != "int8-dynamic":
-            raise ValueError(f"{config.precision} needs calibration inputs (a list of input dicts)")
-        with tempfile.TemporaryDirectory() as folder:
-            separated = Path(folder) / "separated.onnx"
-            exclude = _separate_float_copy(src, separated)
-            if config.precision == "int8-dynamic":
-                _to_int8_dynamic(separated, dst, config, exclude)
-            else:
-                if config.precision == "int8-mixed":
-                    exclude += _least_faithful(separated, feeds, config, exclude)
-                _to_int8_static(separated, dst, config, feeds, exclude)
+    feeds = list(calibration or [])
+    if not feeds and config.precision in ("int8", "int8-mixed"):
+        raise ValueError(f"{config.precision} needs calibration inputs (a list of input dicts)")
+    with tempfile.TemporaryDirectory() as folder:
+        separated = Path(folder) / "separated.onnx"
+        exclude = _separate_float_copy(src, separated)  # nodes of the float copy stay float32 in every mode
+        if config.precision == "fp16":
+            _to_fp16(separated, dst, exclude)
+        elif config.precision == "int8-dynamic":
+            _to_int8_dynamic(separated, dst, config, exclude)
+        else:
+            if config.precision == "int8-mixed":
+                exclude += _least_faithful(separated, feeds, config, exclude)
+            _to_int8_static(separated, dst, config, feeds, exclude)
     metadata = read_metadata(src) | {"precision": config.precision}
     write_metadata(dst, metadata)
     return dst
 
 
-def _to_fp16(src: Path, dst: Path) -> None:
+def _to_fp16(src: Path, dst: Path, exclude: list[str]) -> None:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
-    half = convert_float_to_float16(model, keep_io_types=True,
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=exclude,
                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FLOAT))
     onnx.save(half, str(dst))
 

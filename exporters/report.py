@@ -145,8 +145,8 @@ def _artifact_fd(evaluation, runtime, graph: str, steps: int, name: str) -> floa
 
 def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantize: QuantizeConfig,
            config: ExportConfig) -> None:
-    """Write ``path``: the fp32 model lowered to ``quantize.precision``. An int8 sampler whose jumps amplify the
-    network's output error beyond ``quantize.max_gain`` is re-exported with those steps on a float network copy."""
+    """Write ``path``: the fp32 model lowered to ``quantize.precision``. A sampler whose jumps amplify the network's
+    output error beyond ``quantize.max_gain`` is re-exported with those steps on a float32 network copy."""
     import tempfile
 
     from distill.solvers import time_grid
@@ -156,7 +156,7 @@ def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantiz
     calibration = [{k: v.numpy() for k, v in example_inputs(student, graph, config.latency_batch, 100 + i).items()}
                    for i in range(config.calibration)]
     float_steps = ()
-    if quantize.precision.startswith("int8") and graph == "sampler":
+    if graph == "sampler":
         gains = step_gains(student, time_grid(student, steps))
         float_steps = tuple(k for k, gain in enumerate(gains) if gain > quantize.max_gain)
     if not float_steps:

@@ -103,7 +103,8 @@ def test_lower_precisions_stay_close(exported, tmp_path, precision, tolerance):
 
 def test_int8_sampler_keeps_error_amplifying_steps_in_float(tmp_path):
     """An epsilon network's first jump from t_max multiplies its output error by ~(t - s) / (1 - t): that step runs
-    on a float copy of the network, the others are quantised (QDQ nodes present)."""
+    on a float copy of the network, the others are quantised (QDQ nodes present), and the result is far closer to
+    PyTorch than quantising every step."""
     import onnx
 
     from distill.solvers import time_grid
@@ -122,7 +123,10 @@ def test_int8_sampler_keeps_error_amplifying_steps_in_float(tmp_path):
     quantized = [n for n in convolutions if n.input[1] in dequantized]
     assert len(quantized) == len(convolutions) // 2 > 0  # step 1 int8, step 0 float
     _, rel = parity(student, OnnxSampler(tmp_path / "int8.onnx"), "sampler", steps=2, batch=8)
-    assert rel < 0.1
+    _lower(student, "sampler", 2, fp32, tmp_path / "all.onnx", QuantizeConfig(precision="int8", max_gain=1e9),
+           ExportConfig(calibration=2, latency_batch=8))
+    _, rel_all = parity(student, OnnxSampler(tmp_path / "all.onnx"), "sampler", steps=2, batch=8)
+    assert rel < 0.1 and rel < rel_all / 3, (rel, rel_all)
 
 
 def test_a_broken_export_is_caught(exported, tmp_path):
