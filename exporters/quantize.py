@@ -39,8 +39,8 @@ class QuantizeConfig:
         op_types: operators int8 quantises (convolutions and matrix products carry the compute).
         per_channel: per-output-channel weight scales (static int8).
         keep_float_share: ``int8-mixed``: share of the quantised operators kept in float, least faithful first.
-        max_gain: sampler steps whose jump amplifies the network's output error by more than this
-            (``exporters.onnx.step_gains``) run on a float32 copy of the network in every lower precision.
+        max_gain: int8 sampler steps whose jump amplifies the network's output error by more than this
+            (``exporters.onnx.step_gains``) run on a float copy of the network.
     """
 
     precision: str = "int8"

@@ -20,8 +20,10 @@ import torch
 from .onnx import OnnxExportConfig, example_inputs, export_onnx, read_metadata
 from .quantize import PRECISIONS, QuantizeConfig, quantize_onnx
 
-# Relative error (||onnx - torch|| / ||torch||) an artifact may show against the PyTorch student.
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1, "int8-dynamic": 0.1, "int8-mixed": 0.1}
+# Relative error (||onnx - torch|| / ||torch||) an artifact may show against the PyTorch student. A broken export
+# is off by ~1; a lowered one by its precision times the jump's error gain (up to ~160 for an epsilon student's
+# first jump, see exporters.onnx.step_gains): 2-7% for fp16 there, so quality is judged by the FD column.
+TOLERANCE = {"fp32": 1e-4, "fp16": 0.1, "int8": 0.25, "int8-dynamic": 0.25, "int8-mixed": 0.25}
 
 
 class ParityError(ValueError):
@@ -145,8 +147,8 @@ def _artifact_fd(evaluation, runtime, graph: str, steps: int, name: str) -> floa
 
 def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantize: QuantizeConfig,
            config: ExportConfig) -> None:
-    """Write ``path``: the fp32 model lowered to ``quantize.precision``. A sampler whose jumps amplify the network's
-    output error beyond ``quantize.max_gain`` is re-exported with those steps on a float32 network copy."""
+    """Write ``path``: the fp32 model lowered to ``quantize.precision``. An int8 sampler whose jumps amplify the
+    network's output error beyond ``quantize.max_gain`` is re-exported with those steps on a float network copy."""
     import tempfile
 
     from distill.solvers import time_grid
@@ -156,7 +158,7 @@ def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantiz
     calibration = [{k: v.numpy() for k, v in example_inputs(student, graph, config.latency_batch, 100 + i).items()}
                    for i in range(config.calibration)]
     float_steps = ()
-    if graph == "sampler":
+    if quantize.precision.startswith("int8") and graph == "sampler":
         gains = step_gains(student, time_grid(student, steps))
         float_steps = tuple(k for k, gain in enumerate(gains) if gain > quantize.max_gain)
     if not float_steps:
