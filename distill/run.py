@@ -18,22 +18,33 @@ from .objectives import OBJECTIVES
 from .students import FlowMap
 from .train import TrainConfig, ema_state_dict, train
 
-STUDENT_KINDS = ("from_teacher", *[name for name in NETWORKS if name.startswith("TwoTime")])
+STUDENT_KINDS = ("from_teacher", "lora", *[name for name in NETWORKS if name.startswith("TwoTime")])
 
 
 @dataclass
 class StudentConfig:
-    """``kind``: ``from_teacher`` (a copy of the teacher's network plus a zero-initialised gap embedding) or a built-in
-    two-time network (``TwoTimeMLP``, ``TwoTimeUNet``) built from ``network``'s arguments. ``weights``: what is saved
-    as the student: ``ema`` (the first of ``train.ema_decays``) or ``raw``."""
+    """``kind``: ``from_teacher`` (a copy of the teacher's network plus a zero-initialised gap embedding), ``lora``
+    (the same with the network frozen and PEFT LoRA adapters trained; ``lora`` holds ``distill.lora.LoraSettings``'
+    fields: rank, alpha, target_modules, dropout) or a built-in two-time network (``TwoTimeMLP``, ``TwoTimeUNet``)
+    built from ``network``'s arguments. ``weights``: what is saved as the student: ``ema`` (the first of
+    ``train.ema_decays``) or ``raw``."""
 
     kind: str = "from_teacher"
     network: dict = field(default_factory=dict)
+    lora: dict = field(default_factory=dict)
     weights: str = "ema"
 
     def __post_init__(self):
         if self.kind not in STUDENT_KINDS:
             raise ValueError(f"unknown student kind {self.kind!r}; use one of {', '.join(STUDENT_KINDS)}")
+        if self.lora:
+            from .lora import LoraSettings
+
+            fields = LoraSettings.__dataclass_fields__
+            unknown = [k for k in self.lora if k not in fields]
+            if unknown:
+                raise ValueError(f"unknown key 'student.lora.{unknown[0]}'; use one of {', '.join(fields)}")
+            LoraSettings(**self.lora)  # rank and targets checked before any weights load
         if self.weights not in ("ema", "raw"):
             raise ValueError(f"student.weights must be 'ema' or 'raw', got {self.weights!r}")
 
@@ -119,8 +130,12 @@ def build_objective(teacher, spec: dict):
 
 def build_student(teacher, config: StudentConfig, teacher_spec: str) -> FlowMap:
     """A student for ``teacher``; its info records the teacher it was distilled from (``distill eval`` reads it)."""
-    if config.kind == "from_teacher":
+    if config.kind in ("from_teacher", "lora"):
         student = FlowMap.from_teacher(teacher)
+        if config.kind == "lora":
+            from .lora import LoraSettings, add_lora
+
+            add_lora(student, LoraSettings(**config.lora))
     else:
         network = NETWORKS[config.kind](**config.network)
         student = FlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=teacher.sample_shape)

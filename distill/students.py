@@ -149,13 +149,19 @@ class FlowMap(nn.Module):
     # --- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``student.json`` and the weights: a copied teacher network in its teacher's format (``network/``)
-        plus the gap embeddings, or a built-in two-time network's safetensors."""
+        plus the gap embeddings, a built-in two-time network's safetensors, or (a LoRA student) only its PEFT
+        adapter folder and gap embeddings (``distill.lora.save_adapter``)."""
         from safetensors.torch import save_file
 
         from .teachers.loading import INFO_FILE
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        _write_scheduler_config(folder / "scheduler")
+        if getattr(self, "lora", None) is not None:  # adapters only: the teacher's weights stay where they are
+            from .lora import save_adapter
+
+            return save_adapter(self, folder)
         if isinstance(self.base, NetworkTeacher):
             self.base.save_pretrained(folder / "network")
             (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
@@ -169,7 +175,6 @@ class FlowMap(nn.Module):
                     "network_config": self.base.config, "t_min": self.t_min, "t_max": self.t_max,
                     "sample_shape": list(self.sample_shape or []), "info": self.info}
         (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
-        _write_scheduler_config(folder / "scheduler")
         return folder
 
     def diffusers_output(self, x: Tensor, timestep: Tensor | float, r_timestep: Tensor | float, cond=None) -> Tensor:
@@ -189,8 +194,9 @@ def _write_scheduler_config(folder: Path) -> None:
     (folder / "scheduler_config.json").write_text(json.dumps(config, indent=2))
 
 
-def load_student(folder: str | Path) -> FlowMap:
-    """Load a student saved by :meth:`FlowMap.save_pretrained`."""
+def load_student(folder: str | Path, teacher=None) -> FlowMap:
+    """Load a student saved by :meth:`FlowMap.save_pretrained`, or a LoRA student saved by
+    ``distill.lora.save_adapter`` (onto ``teacher``, by default the teacher named in its info)."""
     from safetensors.torch import load_file
 
     from .teachers.loading import load_folder
@@ -199,6 +205,14 @@ def load_student(folder: str | Path) -> FlowMap:
     if not (folder / STUDENT_FILE).exists():
         raise FileNotFoundError(f"{folder} holds no student ({STUDENT_FILE} missing)")
     spec = json.loads((folder / STUDENT_FILE).read_text())
+    if spec.get("kind") == "lora":
+        from .lora import load_adapter
+        from .teachers import load_teacher
+
+        teacher_spec = spec["info"].get("teacher")
+        if teacher is None and not teacher_spec:
+            raise ValueError(f"{folder} is a LoRA adapter that does not name its teacher: pass teacher=")
+        return load_adapter(folder, teacher if teacher is not None else load_teacher(teacher_spec))
     if spec.get("kind") == "two_time_network":
         network = NETWORKS[spec["network"]](**spec["network_config"])
         network.load_state_dict(load_file(folder / NETWORK_WEIGHTS))

@@ -1,0 +1,139 @@
+"""LoRA students: the teacher's network frozen, PEFT LoRA adapters and the gap embedding trained (issue 7).
+
+    student = distill.FlowMap.from_teacher(teacher)
+    add_lora(student, LoraSettings(rank=8))          # only adapters + gap embedding keep requires_grad
+    ...train with any objective...
+    save_adapter(student, "adapter")                 # adapter/: adapter_config.json + adapter_model.safetensors (PEFT)
+    student = load_adapter("adapter", teacher)       # onto a fresh copy of the teacher's network
+    merged = merge_lora(student)                     # plain layers again (for export)
+
+The adapter folder is PEFT's own format, so ``peft.PeftModel.from_pretrained(teacher_network, "adapter")`` loads it
+onto the original teacher (without the gap embedding, which lives beside it in ``gap_embeddings.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .students import GAP_WEIGHTS, STUDENT_FILE, FlowMap, _network
+
+# Where a diffusers UNet's capacity is: attention projections, the resnets' convolutions and time projections.
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
+PEFT_PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained writes
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters: ``rank`` r, ``alpha`` (scale alpha / r; ``None``: alpha = r), ``target_modules`` (module name
+    suffixes, PEFT's matching), ``dropout``."""
+
+    rank: int = 8
+    alpha: float | None = None
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules is empty: name the layers to adapt (e.g. to_q, conv1)")
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, target_modules=list(self.target_modules),
+                          lora_dropout=self.dropout)
+
+
+def _check_targets(network: nn.Module, settings: LoraSettings) -> None:
+    names = [name for name, _ in network.named_modules()]
+    missing = [t for t in settings.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in network.named_modules()
+                         if isinstance(m, (nn.Linear, nn.Conv2d))})
+        raise ValueError(f"LoRA target module(s) {', '.join(missing)} not found in {type(network).__name__}; "
+                         f"its linear and convolution layers end in: {', '.join(leaves)}")
+
+
+def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
+    """Inject LoRA adapters into a ``from_teacher`` student's network (in place) and freeze everything else but the
+    gap embedding. The adapters start at zero (PEFT's B = 0), so the student's outputs do not change."""
+    from peft import inject_adapter_in_model
+
+    settings = settings or LoraSettings()
+    if not student.gap_embeddings:
+        raise ValueError("LoRA adapts a student built on a teacher's network (FlowMap.from_teacher)")
+    network = _network(student.base)
+    _check_targets(network, settings)
+    inject_adapter_in_model(settings.peft_config(), network)
+    for name, parameter in student.named_parameters():
+        parameter.requires_grad_("lora_" in name or name.startswith("gap_embeddings."))
+    student.lora = settings
+    return student
+
+
+def adapter_state(student: FlowMap) -> dict:
+    """The adapters' weights under PEFT's saved names (``base_model.model.<module>.lora_A.weight``)."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(_network(student.base))
+    return {PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save_adapter(student: FlowMap, folder: str | Path) -> Path:
+    """Write a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) plus the gap embedding
+    and ``student.json`` (kind ``lora``, the teacher it adapts)."""
+    from safetensors.torch import save_file
+
+    settings = getattr(student, "lora", None)
+    if settings is None:
+        raise ValueError("this student has no LoRA adapters (add_lora first); save it with save_pretrained")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings.peft_config().save_pretrained(str(folder))
+    save_file(adapter_state(student), folder / "adapter_model.safetensors")
+    save_file({k: v.contiguous() for k, v in student.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
+    spec = {"kind": "lora", "lora": asdict(settings), "info": student.info}
+    (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
+    return folder
+
+
+def load_adapter(folder: str | Path, teacher) -> FlowMap:
+    """A LoRA student: a fresh ``FlowMap.from_teacher(teacher)`` with the saved adapters and gap embedding."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} holds no LoRA adapter (adapter_model.safetensors missing)")
+    spec = json.loads((folder / STUDENT_FILE).read_text())
+    settings = LoraSettings(**spec["lora"])
+    student = add_lora(FlowMap.from_teacher(teacher), settings)
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / "adapter_model.safetensors").items()}
+    result = set_peft_model_state_dict(_network(student.base), state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{folder}: the adapter does not fit this teacher (unexpected {unexpected[0]})")
+    student.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
+    student.info = spec["info"]
+    return student
+
+
+def merge_lora(student: FlowMap) -> FlowMap:
+    """Fold the adapters into the layers they adapt (``W + (alpha / r) B A``) and put plain layers back, in place:
+    the result has no PEFT modules (what ONNX export and serving want)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    network = _network(student.base)
+    for name, module in list(network.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(network.get_submodule(parent_name) if parent_name else network, child, module.get_base_layer())
+    student.lora = None
+    return student
