@@ -25,7 +25,7 @@ def trained_lora_student(settings: LoraSettings | None = None) -> FlowMap:
     student = add_lora(FlowMap.from_teacher(teacher()), settings or LoraSettings(rank=4))
     torch.manual_seed(3)
     with torch.no_grad():
-        for name, parameter in student.named_parameters():
+        for parameter in student.parameters():
             if parameter.requires_grad:
                 parameter.normal_(0, 0.05)
     return student.eval()
