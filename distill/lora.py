@@ -8,7 +8,9 @@
     merged = merge_lora(student)                     # plain layers again (for export)
 
 The adapter folder is PEFT's own format, so ``peft.PeftModel.from_pretrained(teacher_network, "adapter")`` loads it
-onto the original teacher (without the gap embedding, which lives beside it in ``gap_embeddings.safetensors``).
+onto the original teacher, and so does diffusers' ``model.load_lora_adapter("adapter", prefix="base_model.model",
+weight_name="adapter_model.safetensors")`` for models with its PEFT mixin (``UNet2DConditionModel``, the
+transformers). Neither carries the gap embedding, which lives beside them in ``gap_embeddings.safetensors``.
 """
 
 from __future__ import annotations

@@ -104,3 +104,27 @@ def test_distill_run_trains_a_lora_student_and_saves_an_adapter(tmp_path):
     assert student.lora.rank == 4 and report["eval"]["rows"][-1]["fd"] is not None
     with pytest.raises(ValueError, match="unknown key 'student.lora.rnak'"):
         load_distill_config("quickstart", ["student.kind=lora", "student.lora={rnak: 4}"])
+
+
+def test_diffusers_load_lora_adapter_reads_the_adapter_folder(tmp_path):
+    """diffusers' own loader (``UNet2DConditionModel.load_lora_adapter``) puts the saved adapters on the original
+    network: outputs identical to the LoRA student's network."""
+    from diffusers import DDIMScheduler
+
+    from .conftest import tiny_unet_condition
+
+    student = add_lora(FlowMap.from_teacher(DiffusersTeacher(tiny_unet_condition(), DDIMScheduler())),
+                       LoraSettings(rank=2))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in student.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(0, 0.05)
+    save_adapter(student, tmp_path / "adapter")
+    original = DiffusersTeacher(tiny_unet_condition(), DDIMScheduler())
+    original.model.load_lora_adapter(str(tmp_path / "adapter"), prefix="base_model.model",
+                                     weight_name="adapter_model.safetensors")
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.7, 0.3])
+    cond = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(original.velocity(x, t, cond), student.base.velocity(x, t, cond))
