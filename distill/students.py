@@ -144,7 +144,8 @@ class FlowMap(nn.Module):
         return x + per_example(s64 - t64, x) * self.average_velocity(x, t64, s64, cond)
 
     def jump(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
-        return self.forward(x, t, s, cond)
+        """``X(x, t, s)`` through ``__call__``, so hooks and an in-place ``module.compile()`` apply."""
+        return self(x, t, s, cond)
 
     # --- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -249,8 +249,8 @@ def _torchao_config(config: TorchaoConfig):
 
 
 def quantize_torch(module, config: TorchaoConfig | None = None):
-    """Quantise ``module``'s ``nn.Linear`` layers in place with torchao (``quantize_``); returns the module, compiled
-    when ``config.compile``."""
+    """Quantise ``module``'s ``nn.Linear`` layers in place with torchao (``quantize_``) and, when ``config.compile``,
+    compile it in place (``nn.Module.compile``); returns the module."""
     import torch
     from torchao.quantization import quantize_
 
@@ -259,7 +259,9 @@ def quantize_torch(module, config: TorchaoConfig | None = None):
                                                 and torch.cuda.get_device_capability() >= (8, 9)):
         raise ValueError("float8-dynamic needs a GPU with float8 (compute capability >= 8.9); use int8-dynamic here")
     quantize_(module, _torchao_config(config))
-    return torch.compile(module) if config.compile else module
+    if config.compile:  # in place, so that every call path (a FlowMap's jump included) runs compiled
+        module.compile()
+    return module
 
 
 def save_torchao(module, path: str | Path) -> Path:
@@ -268,7 +270,7 @@ def save_torchao(module, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(getattr(module, "_orig_mod", module).state_dict(), path)
+    torch.save(module.state_dict(), path)
     return path
 
 
@@ -281,6 +283,8 @@ def load_torchao(module, path: str | Path, config: TorchaoConfig | None = None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved torchao state at {path}")
-    plain = quantize_torch(module, TorchaoConfig(config.mode, config.group_size, compile=False))
-    plain.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"), assign=True)
-    return torch.compile(plain) if config.compile else plain
+    quantize_torch(module, TorchaoConfig(config.mode, config.group_size, compile=False))
+    module.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"), assign=True)
+    if config.compile:
+        module.compile()
+    return module

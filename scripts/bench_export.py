@@ -56,8 +56,11 @@ def torchao_rows(student_path: str, steps: int, samples: int, compile_: bool, ba
     for mode in ("int8-dynamic", "int8-weight"):
         model, _ = load_model(student_path)
         models[mode] = quantize_torch(model.eval().requires_grad_(False), TorchaoConfig(mode=mode, compile=False))
-    if compile_:
-        models = {f"{name}+compile": torch.compile(model) for name, model in models.items()} | {"fp32": student}
+    if compile_:  # in place (nn.Module.compile), so the FlowMap's jumps run compiled; eager fp32 stays beside them
+        eager, _ = load_model(student_path)
+        for model in models.values():
+            model.compile()
+        models = {f"{name}+compile": model for name, model in models.items()} | {"fp32": eager.eval()}
 
     def call(model):
         def run():
