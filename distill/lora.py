@@ -93,14 +93,14 @@ def save_adapter(student: FlowMap, folder: str | Path) -> Path:
     and ``student.json`` (kind ``lora``, the teacher it adapts)."""
     from safetensors.torch import save_file
 
-    settings = getattr(student, "lora", None)
+    settings = student.lora
     if settings is None:
         raise ValueError("this student has no LoRA adapters (add_lora first); save it with save_pretrained")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     settings.peft_config().save_pretrained(str(folder))
     save_file(adapter_state(student), folder / "adapter_model.safetensors")
-    save_file({k: v.contiguous() for k, v in student.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
+    student.save_gap_embeddings(folder)
     spec = {"kind": "lora", "lora": asdict(settings), "info": student.info}
     (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
     return folder

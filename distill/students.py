@@ -101,6 +101,7 @@ class FlowMap(nn.Module):
             raise TypeError(f"a FlowMap is built on a network teacher or a two-time network, got {type(base).__name__}")
         self.base = base.requires_grad_(True)
         self.gap_embeddings = nn.ModuleList()
+        self.lora = None  # distill.lora.LoraSettings once adapters are added
         self.hooked_modules: list[str] = []
         if not isinstance(base, NetworkTeacher):  # a from-scratch two-time network
             self.t_min, self.t_max, self.sample_shape, self.info = t_min, t_max, sample_shape, {}
@@ -159,14 +160,14 @@ class FlowMap(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         _write_scheduler_config(folder / "scheduler")
-        if getattr(self, "lora", None) is not None:  # adapters only: the teacher's weights stay where they are
+        if self.lora is not None:  # adapters only: the teacher's weights stay where they are
             from .lora import save_adapter
 
             return save_adapter(self, folder)
         if isinstance(self.base, NetworkTeacher):
             self.base.save_pretrained(folder / "network")
             (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
-            save_file({k: v.contiguous() for k, v in self.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
+            self.save_gap_embeddings(folder)
             spec = {"kind": "from_teacher", "hooked_modules": self.hooked_modules, "info": self.info}
         else:
             if type(self.base).__name__ not in NETWORKS:
@@ -177,6 +178,12 @@ class FlowMap(nn.Module):
                     "sample_shape": list(self.sample_shape or []), "info": self.info}
         (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
         return folder
+
+    def save_gap_embeddings(self, folder: Path) -> None:
+        """``folder/gap_embeddings.safetensors``: the zero-initialised (t - s) embeddings."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
 
     def diffusers_output(self, x: Tensor, timestep: Tensor | float, r_timestep: Tensor | float, cond=None) -> Tensor:
         """The model output that diffusers' ``FlowMapEulerDiscreteScheduler.step(output, timestep, x, r_timestep)``

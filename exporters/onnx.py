@@ -205,11 +205,6 @@ def graph_module(student, config: OnnxExportConfig) -> nn.Module:
     return JumpGraph(student, config.table_size).eval()
 
 
-def input_names(student, graph: str) -> list[str]:
-    names = ["noise"] if graph == "sampler" else ["x", "t", "s"]
-    return names + (["class_labels"] if student.info.get("num_classes") else [])
-
-
 def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[str, Tensor]:
     """Inputs of the right names, shapes and dtypes: standard normal states, times ``t > s`` in the student's
     range, class labels in ``[0, num_classes)``."""
@@ -273,8 +268,7 @@ def _export(module: nn.Module, inputs: dict[str, Tensor], path: Path, config: On
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # not "torchvision is not installed" four times
     if config.exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1)
-        parameters = ["noise", "class_labels"] if config.graph == "sampler" else ["x", "t", "s", "class_labels"]
-        shapes = {name: {0: batch} for name in parameters[: len(args)]}
+        shapes = {name: {0: batch} for name in names}  # the input names are the graph's forward parameters
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")

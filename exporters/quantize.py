@@ -56,27 +56,21 @@ class QuantizeConfig:
             raise ValueError(f"keep_float_share must lie in [0, 1), got {self.keep_float_share}")
 
 
-class _Feeds:
-    """onnxruntime's CalibrationDataReader over a list of input dicts."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self.feeds = feeds
-        self.iterator = iter(feeds)
-
-    def get_next(self):
-        return next(self.iterator, None)
-
-    def rewind(self):
-        self.iterator = iter(self.feeds)
-
-
 def _reader(feeds: list[dict[str, np.ndarray]]):
+    """onnxruntime's CalibrationDataReader over a list of input dicts (defined here: onnxruntime loads lazily)."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(_Feeds, CalibrationDataReader):
-        pass
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.iterator = iter(feeds)
 
-    return Reader(feeds)
+        def get_next(self):
+            return next(self.iterator, None)
+
+        def rewind(self):
+            self.iterator = iter(feeds)
+
+    return Reader()
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, config: QuantizeConfig,

@@ -124,13 +124,6 @@ def side_by_side_ms(calls: dict[str, callable], repeats: int) -> dict[str, float
     return {name: float(np.median(values) * 1000) for name, values in times.items()}
 
 
-def _eager_call(student, graph: str, steps: int, inputs: dict[str, torch.Tensor]):
-    def call():
-        with torch.no_grad():
-            _reference(student, graph, steps, inputs)
-    return call
-
-
 def _artifact_fd(evaluation, runtime, graph: str, steps: int, name: str) -> float | None:
     """FD of the artifact's samples from the evaluation's noise and labels (``None`` without a classifier)."""
     if evaluation.classifier is None:
@@ -177,7 +170,7 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
     """Export the student folder ``model`` into ``out`` and measure every artifact; returns the export report
     (also written to ``out/report.json`` and ``out/report.md``)."""
     from distill.evaluate import Evaluation
-    from distill.students import load_model
+    from distill.students import FlowMap, load_model
 
     from .runtime import OnnxSampler
 
@@ -185,9 +178,9 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     student, teacher = load_model(model)
-    if not hasattr(student, "gap_embeddings"):
+    if not isinstance(student, FlowMap):
         raise ValueError(f"{model} is a teacher, not a flow-map student: distil one with `distill run` first")
-    if getattr(student, "lora", None) is not None:  # adapters folded into the layers: plain graphs, same function
+    if student.lora is not None:  # adapters folded into the layers: plain graphs, same function
         from distill.lora import merge_lora
 
         merge_lora(student)
@@ -214,7 +207,8 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
                                             config.tolerance.get(precision, 0.1), config.parity_batch)
                 inputs = example_inputs(student, graph, config.latency_batch, seed=7)
                 latency = side_by_side_ms({"onnx": lambda r=runtime, i=inputs, g=graph: _run(r, g, i),
-                                           "eager": _eager_call(student, graph, steps, inputs)}, config.repeats)
+                                           "eager": lambda i=inputs, g=graph, k=steps: _reference(student, g, k, i)},
+                                          config.repeats)
                 fd = None if evaluation is None else _artifact_fd(evaluation, runtime, graph, steps, path.stem)
                 artifacts.append(Artifact(str(path), graph, steps, precision, path.stat().st_size, max_abs, rel,
                                           round(latency["onnx"], 3), round(latency["eager"], 3), fd,
