@@ -25,6 +25,7 @@ def _sample(args: argparse.Namespace) -> dict:
 
     if args.model.endswith(".onnx"):
         return _sample_onnx(args)
+    from .conventions import with_scale
     from .solvers import sample, solver_nfe, time_grid
     from .students import FlowMap, load_model
     from .teachers import GuidedTeacher
@@ -39,9 +40,12 @@ def _sample(args: argparse.Namespace) -> dict:
         cond = torch.full((args.n,), args.class_label, dtype=torch.long)
     elif classes:  # a class-conditional teacher: every class in turn
         cond = torch.arange(args.n) % classes
-    if args.guidance is not None:
-        if is_student:
-            raise ValueError("--guidance applies to teachers; a guidance-distilled student takes its scale as an input")
+    if args.guidance is not None and is_student:  # one call per step: the scale is the student's input
+        if not model.guidance_embeddings:
+            raise ValueError(f"{args.model} was not distilled with guidance: distil it with objective.guidance="
+                             "[w_min, w_max], or sample its teacher with --guidance")
+        cond = with_scale(cond, args.guidance)
+    elif args.guidance is not None:
         null = args.null_class if args.null_class is not None else model.info.get("null_label")
         if cond is None or null is None:
             raise ValueError("--guidance needs a class-conditional teacher and its null label (--null-class)")
@@ -131,7 +135,8 @@ def _eval(args: argparse.Namespace) -> dict:
     model, teacher = load_model(args.model)
     if teacher is None:
         raise ValueError(f"{args.model} does not name the teacher it was distilled from (info['teacher'])")
-    evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet)
+    evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet,
+                            guidance=args.guidance)
     if model is teacher:
         rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(args.model))
     else:  # the student beside its teacher's solvers at the same NFE
@@ -219,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--solver", default="heun", choices=["euler", "heun", "dpmpp2m"])
     sample.add_argument("--grid", default="uniform", choices=["uniform", "shifted", "edm", "trained"])
     sample.add_argument("--class", dest="class_label", type=int, default=None, help="class label to condition on")
-    sample.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    sample.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (a guidance-distilled student takes it as an input)")
     sample.add_argument("--null-class", type=int, default=None, help="the unconditional label, for --guidance")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
@@ -233,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=1000)
     evaluate.add_argument("--data", default=None, help="dataset name when the teacher does not record it")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--guidance", type=float, default=None,
+                          help="classifier-free guidance scale: the teacher guided at it, a guidance-distilled student "
+                               "asked for it")
     evaluate.add_argument("--plot", default="eval.png", help="PNG of quality versus NFE ('' for none)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     evaluate.set_defaults(run=_eval)

@@ -19,23 +19,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .conventions import split_scale, with_scale
+
 TOY_SETS = ("checkerboard", "eight-gaussians", "two-moons", "spirals")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
 class Dataset:
-    """Samples ``x`` [N, ...] (float32) and optional integer ``labels`` [N]."""
+    """Samples ``x`` [N, ...] (float32), optional integer ``labels`` [N] and, for teacher samples drawn with
+    classifier-free guidance, the scale ``guidance`` [N] each one was drawn with."""
 
     x: Tensor
     labels: Tensor | None = None
     name: str = "data"
     num_classes: int | None = None
     seconds: float | None = None  # wall time it took to generate (teacher samples)
+    guidance: Tensor | None = None
 
     def __post_init__(self):
-        if self.labels is not None and len(self.labels) != len(self.x):
-            raise ValueError(f"{self.name}: {len(self.labels)} labels for {len(self.x)} samples")
+        for what, values in (("labels", self.labels), ("guidance scales", self.guidance)):
+            if values is not None and len(values) != len(self.x):
+                raise ValueError(f"{self.name}: {len(values)} {what} for {len(self.x)} samples")
+
+    def condition(self, index: Tensor):
+        """The condition of rows ``index``: their labels (or ``None``), with their guidance scales if any."""
+        labels = None if self.labels is None else self.labels[index]
+        return labels if self.guidance is None else with_scale(labels, self.guidance[index])
 
     def __len__(self) -> int:
         return len(self.x)
@@ -49,7 +59,8 @@ class Dataset:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         parts = order[holdout:], order[:holdout]
         return tuple(
-            Dataset(self.x[i], None if self.labels is None else self.labels[i], f"{self.name}[{tag}]", self.num_classes)
+            Dataset(self.x[i], None if self.labels is None else self.labels[i], f"{self.name}[{tag}]", self.num_classes,
+                    guidance=None if self.guidance is None else self.guidance[i])
             for i, tag in zip(parts, ("train", "holdout"))
         )
 
@@ -206,6 +217,7 @@ def cache_dir() -> Path:
 def fingerprint(module: torch.nn.Module, *extra) -> str:
     """A short hash of a module's weights and buffers plus ``extra`` (what a cached result depends on)."""
     digest = hashlib.sha256(repr(extra).encode())
+    digest.update("|".join(m.extra_repr() for m in module.modules()).encode())  # settings such as a guidance scale
     for name, value in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
@@ -214,9 +226,10 @@ def fingerprint(module: torch.nn.Module, *extra) -> str:
 
 def teacher_samples(teacher, noise: Tensor, cond: Tensor | None = None, solver: str = "dpmpp2m", steps: int = 128,
                     batch_size: int = 500, progress: bool = True) -> Dataset:
-    """The teacher's ODE solutions from ``noise`` (one per row, conditioned on ``cond``) on its uniform grid, as a
-    Dataset whose labels are ``cond`` and whose ``seconds`` is the generation time; computed once per (teacher
-    weights, noise, cond, solver, steps) and cached under :func:`cache_dir`."""
+    """The teacher's ODE solutions from ``noise`` (one per row, conditioned on ``cond``: labels, or labels with
+    per-example guidance scales) on its uniform grid, as a Dataset whose labels (and guidance) are ``cond``'s and
+    whose ``seconds`` is the generation time; computed once per (teacher weights and settings, noise, cond, solver,
+    steps) and cached under :func:`cache_dir`."""
     return teacher_trajectories(teacher, noise, cond, solver, steps, stride=steps, batch_size=batch_size,
                                 progress=progress, ends_only=True)
 
@@ -236,8 +249,7 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
     if stride < steps and solver not in ("euler", "heun"):
         raise ValueError(f"{solver} is a multistep solver: store trajectories with euler or heun")
     key = fingerprint(teacher, type(teacher).__name__, solver, steps, stride, ends_only, teacher.t_max, noise.shape,
-                      hashlib.sha256(noise.cpu().numpy().tobytes()).hexdigest(),
-                      None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest())
+                      _digest(noise), _digest(cond))
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
     if path.exists():
         stored = torch.load(path, weights_only=True)
@@ -250,7 +262,7 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
         parts = []
         for i in bar:
             x = float(times[0]) * noise[i: i + batch_size]
-            chunk_cond = None if cond is None else cond[i: i + batch_size]
+            chunk_cond = _rows(cond, slice(i, i + batch_size))
             states = [x]
             for k in range(0, steps, stride):  # one-step solvers: segment by segment is the same solution
                 x = solve(teacher, x, times[k: k + stride + 1], solver, cond=chunk_cond)
@@ -262,4 +274,22 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
         torch.save(stored, tmp)
         os.replace(tmp, path)
     name = "teacher-samples" if ends_only else "teacher-trajectories"
-    return Dataset(stored["x"], cond, name, teacher.info.get("num_classes"), stored["seconds"])
+    labels, scales = split_scale(cond)
+    return Dataset(stored["x"], labels, name, teacher.info.get("num_classes"), stored["seconds"],
+                   None if scales is None else torch.as_tensor(scales).expand(len(noise)))
+
+
+def _digest(value) -> str | None:
+    """SHA-256 of a tensor, of a dict of tensors (by key) or of a number; ``None`` for ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return hashlib.sha256(repr(sorted((k, _digest(v)) for k, v in value.items())).encode()).hexdigest()
+    return hashlib.sha256(torch.as_tensor(value).cpu().numpy().tobytes()).hexdigest()
+
+
+def _rows(value, index: slice):
+    """Rows ``index`` of a batched condition (a tensor, or a dict of tensors and numbers)."""
+    if isinstance(value, dict):
+        return {k: _rows(v, index) for k, v in value.items()}
+    return value[index] if isinstance(value, Tensor) and value.ndim > 0 else value

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import metrics
+from .conventions import with_scale
 from .data import Dataset, load_dataset, teacher_samples
 from .solvers import SOLVERS, sample, solver_nfe, time_grid
 
@@ -37,8 +38,10 @@ class EvalRow:
     swd: float | None = None
     confident: float | None = None
     class_entropy: float | None = None
+    agreement: float | None = None  # share classified as the requested class (class-conditional generators)
     fidelity_rmse: float | None = None
     seconds: float = 0.0
+    guidance: float | None = None  # the classifier-free guidance scale w (None: unguided)
 
 
 def steps_for_nfe(solver: str, nfe: int) -> int:
@@ -55,11 +58,19 @@ class Evaluation:
         seed: seeds the noise and class labels.
         data: dataset name (``distill.data.load_dataset``) when the teacher's ``info`` lacks it.
         progress: print progress lines to stderr.
+        guidance: a classifier-free guidance scale ``w``: the teacher is guided at ``w`` (its ``info["null_label"]``
+            is the unconditional class), and guidance-conditioned students are asked for ``w``.
     """
 
-    def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | None = None, progress: bool = True):
+    def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | None = None, progress: bool = True,
+                 guidance: float | None = None):
         if teacher.sample_shape is None:
             raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
+        if guidance is not None:
+            from .objectives.base import with_guidance
+
+            teacher = with_guidance(teacher, float(guidance))
+        self.guidance = guidance
         self.teacher, self.samples, self.seed, self.progress = teacher, samples, seed, progress
         info = dict(teacher.info.get("data", {}))
         if data is not None:
@@ -117,10 +128,11 @@ class Evaluation:
 
     # --- judging ------------------------------------------------------------------------------------------
     def score(self, x: Tensor, model: str, kind: str, solver: str, nfe: int, seconds: float) -> EvalRow:
-        row = EvalRow(model, kind, solver, nfe, seconds=round(seconds, 3))
+        row = EvalRow(model, kind, solver, nfe, seconds=round(seconds, 3), guidance=self.guidance)
         if self.classifier is not None:
-            scores = metrics.image_metrics(x, self.real_features, self.classifier)
+            scores = metrics.image_metrics(x, self.real_features, self.classifier, self.cond)
             row.fd, row.confident, row.class_entropy = scores["fd"], scores["confident"], scores["class_entropy"]
+            row.agreement = scores.get("agreement")
         elif not self.is_image:
             row.swd = metrics.sliced_wasserstein(x, self.real.x)
         row.fidelity_rmse = metrics.fidelity_rmse(x, self.reference())
@@ -143,9 +155,10 @@ class Evaluation:
     def student_rows(self, student, nfes=DEFAULT_NFE, name: str = "student", gamma: float = 0.0) -> list[EvalRow]:
         """A flow-map student from the evaluation noise, ``nfe`` jumps on the uniform grid (one call each)."""
         rows = []
+        cond = self.cond if self.guidance is None else with_scale(self.cond, self.guidance)
         for nfe in nfes:
             start = time.perf_counter()
-            x = sample(student, self.noise, steps=nfe, cond=self.cond, gamma=gamma,
+            x = sample(student, self.noise, steps=nfe, cond=cond, gamma=gamma,
                        generator=torch.Generator().manual_seed(self.seed + 7))
             rows.append(self.score(x, name, "student", "flow_map", nfe, time.perf_counter() - start))
             self.log(f"  student  NFE {nfe:3d}: " + _row_text(rows[-1]))
@@ -163,7 +176,8 @@ class Evaluation:
 
 def _row_text(row: EvalRow) -> str:
     parts = [f"{k} {v:.4g}" for k, v in asdict(row).items()
-             if k in ("fd", "swd", "confident", "class_entropy", "fidelity_rmse", "seconds") and v is not None]
+             if k in ("fd", "swd", "confident", "class_entropy", "agreement", "fidelity_rmse", "seconds")
+             and v is not None]
     return ", ".join(parts)
 
 
@@ -174,7 +188,8 @@ def report(evaluation: Evaluation, rows: list[EvalRow]) -> dict:
 
 
 def markdown_table(rows: list[EvalRow]) -> str:
-    columns = ["model", "solver", "nfe", "fd", "swd", "confident", "class_entropy", "fidelity_rmse", "seconds"]
+    columns = ["model", "solver", "guidance", "nfe", "fd", "swd", "confident", "class_entropy", "agreement",
+               "fidelity_rmse", "seconds"]
     used = [c for c in columns if any(getattr(r, c) is not None for r in rows)]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
     for row in rows:
@@ -200,9 +215,10 @@ def plot_quality(rows: list[EvalRow], path: str | Path, metric: str | None = Non
 
     metric = metric or ("fd" if any(r.fd is not None for r in rows) else "swd")
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for key in dict.fromkeys((r.model, r.solver) for r in rows):
-        points = sorted((r.nfe, getattr(r, metric)) for r in rows if (r.model, r.solver) == key)
-        ax.plot(*zip(*points), marker="o", label=f"{key[0]} ({key[1]})")
+    for key in dict.fromkeys((r.model, r.solver, r.guidance) for r in rows):
+        points = sorted((r.nfe, getattr(r, metric)) for r in rows if (r.model, r.solver, r.guidance) == key)
+        scale = "" if key[2] is None else f", w={key[2]:g}"
+        ax.plot(*zip(*points), marker="o", label=f"{key[0]} ({key[1]}{scale})")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("NFE")
     ax.set_ylabel(metric.upper())

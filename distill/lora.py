@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .students import GAP_WEIGHTS, STUDENT_FILE, FlowMap, _network
+from .students import STUDENT_FILE, FlowMap, _network
 
 # A diffusers UNet's attention projections and each resnet's second convolution: on the bundled MNIST UNet, rank 4
 # makes an adapter (with the gap embedding) of 4.5% of the network's parameters.
@@ -75,7 +75,7 @@ def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
     _check_targets(network, settings)
     inject_adapter_in_model(settings.peft_config(), network)
     for name, parameter in student.named_parameters():
-        parameter.requires_grad_("lora_" in name or name.startswith("gap_embeddings."))
+        parameter.requires_grad_("lora_" in name or name.startswith(("gap_embeddings.", "guidance_embeddings.")))
     student.lora = settings
     return student
 
@@ -100,8 +100,8 @@ def save_adapter(student: FlowMap, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     settings.peft_config().save_pretrained(str(folder))
     save_file(adapter_state(student), folder / "adapter_model.safetensors")
-    student.save_gap_embeddings(folder)
-    spec = {"kind": "lora", "lora": asdict(settings), "info": student.info}
+    student.save_embeddings(folder)
+    spec = {"kind": "lora", "lora": asdict(settings), "info": student.info, **student.guidance_spec()}
     (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
     return folder
 
@@ -122,7 +122,7 @@ def load_adapter(folder: str | Path, teacher) -> FlowMap:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{folder}: the adapter does not fit this teacher (unexpected {unexpected[0]})")
-    student.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
+    student.load_embeddings(folder, spec)
     student.info = spec["info"]
     return student
 

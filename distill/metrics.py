@@ -146,11 +146,21 @@ class BundledClassifier:
         return torch.cat(features), torch.cat(probabilities)
 
 
-def image_metrics(samples: Tensor, real_features: Tensor, classifier: BundledClassifier) -> dict[str, float]:
-    """FD against the real data's features, confident share and class entropy of generated images."""
+def class_agreement(probabilities: Tensor, labels: Tensor) -> float:
+    """Share of samples the classifier assigns to the class they were generated for."""
+    return float((probabilities.argmax(1).cpu() == labels.cpu()).double().mean())
+
+
+def image_metrics(samples: Tensor, real_features: Tensor, classifier: BundledClassifier,
+                  labels: Tensor | None = None) -> dict[str, float]:
+    """FD against the real data's features, confident share and class entropy of generated images, and, given the
+    requested ``labels``, the classifier's agreement with them."""
     features, probabilities = classifier.run(samples)
-    return {"fd": frechet_distance(features, real_features), "confident": confident_share(probabilities),
-            "class_entropy": class_entropy(probabilities)}
+    scores = {"fd": frechet_distance(features, real_features), "confident": confident_share(probabilities),
+              "class_entropy": class_entropy(probabilities)}
+    if labels is not None:
+        scores["agreement"] = class_agreement(probabilities, labels)
+    return scores
 
 
 MAX_CLASS_ENTROPY = math.log(10)

@@ -23,29 +23,45 @@ class _TimeConditionedMLP(nn.Module):
 
     times: int = 1
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, embedding_dim: int = 64):
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, embedding_dim: int = 64,
+                 extra_inputs: int = 0):
         super().__init__()
         self.config = {"dim": dim, "hidden": hidden, "depth": depth, "embedding_dim": embedding_dim}
         self.embedding_dim = embedding_dim
-        layers: list[nn.Module] = [nn.Linear(dim + self.times * embedding_dim, hidden), nn.SiLU()]
+        layers: list[nn.Module] = [nn.Linear(dim + self.times * embedding_dim + extra_inputs, hidden), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Linear(hidden, hidden), nn.SiLU()]
         layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
 
-    def _run(self, x: Tensor, *times: Tensor) -> Tensor:
+    def _run(self, x: Tensor, *times: Tensor, extra: tuple[Tensor, ...] = ()) -> Tensor:
         embedded = [sinusoidal_embedding(v, self.embedding_dim).to(x.dtype) for v in times]
-        return self.net(torch.cat([x, *embedded], dim=1))
+        return self.net(torch.cat([x, *embedded, *extra], dim=1))
 
 
 class VelocityMLP(_TimeConditionedMLP):
     """``(x [B, D], timestep [B]) -> [B, D]`` with a sinusoidal timestep embedding; the 2-D teachers use it.
 
-    Args: ``dim`` (D), ``hidden`` (width), ``depth`` (hidden layers), ``embedding_dim`` (timestep embedding size).
+    Args: ``dim`` (D), ``hidden`` (width), ``depth`` (hidden layers), ``embedding_dim`` (timestep embedding size),
+    ``num_classes``: class-conditional on labels ``cond`` [B] in ``0 .. num_classes`` (the last one is the null
+    class of classifier-free guidance), through a learned class embedding beside the time embedding.
     """
 
-    def forward(self, x: Tensor, timestep: Tensor) -> Tensor:
-        return self._run(x, timestep)
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, embedding_dim: int = 64,
+                 num_classes: int | None = None):
+        super().__init__(dim, hidden, depth, embedding_dim, extra_inputs=embedding_dim if num_classes else 0)
+        self.class_embedding = None
+        if num_classes:
+            self.config["num_classes"] = num_classes
+            self.class_embedding = nn.Embedding(num_classes + 1, embedding_dim)
+
+    def forward(self, x: Tensor, timestep: Tensor, cond: Tensor | None = None) -> Tensor:
+        if (cond is None) != (self.class_embedding is None):
+            raise ValueError("this VelocityMLP is " + ("class-conditional: pass class labels [B]" if cond is None
+                                                       else "unconditional: call it without cond"))
+        if cond is None:
+            return self._run(x, timestep)
+        return self._run(x, timestep, extra=(self.class_embedding(cond.long()).to(x.dtype),))
 
 
 class TwoTimeMLP(_TimeConditionedMLP):

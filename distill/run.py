@@ -65,12 +65,15 @@ class DistillDataConfig:
 class RunEvalConfig:
     """The student beside its teacher after training: ``samples`` (0: no evaluation), the student's ``nfe`` and the
     teacher's ``solvers`` at those NFE, plus the teacher's reference solver (DPM-Solver++(2M), whose 64-step samples
-    are the fidelity reference and cost nothing more) at ``reference_nfe`` (e.g. ``[64]``: the teacher's best)."""
+    are the fidelity reference and cost nothing more) at ``reference_nfe`` (e.g. ``[64]``: the teacher's best).
+    ``guidance``: the classifier-free guidance scales to judge a guidance-conditioned student at, each beside the
+    teacher guided at the same scale (empty: the two ends of the range it was distilled on)."""
 
     samples: int = 500
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4])
     solvers: list[str] = field(default_factory=lambda: ["euler", "heun", "dpmpp2m"])
     reference_nfe: list[int] = field(default_factory=list)
+    guidance: list[float] = field(default_factory=list)
     seed: int = 0
 
 
@@ -128,18 +131,27 @@ def build_objective(teacher, spec: dict):
     return objective(teacher, config)
 
 
-def build_student(teacher, config: StudentConfig, teacher_spec: str) -> FlowMap:
-    """A student for ``teacher``; its info records the teacher it was distilled from (``distill eval`` reads it)."""
+def build_student(teacher, config: StudentConfig, teacher_spec: str,
+                  guidance_range: tuple[float, float] | None = None) -> FlowMap:
+    """A student for ``teacher``; its info records the teacher it was distilled from (``distill eval`` reads it).
+    With a ``guidance_range`` it takes the guidance scale as an input (default: the range's lower end)."""
     if config.kind in ("from_teacher", "lora"):
         student = FlowMap.from_teacher(teacher)
+        if guidance_range is not None:
+            student.add_guidance_embedding(default=guidance_range[0])
         if config.kind == "lora":
             from .lora import LoraSettings, add_lora
 
             add_lora(student, LoraSettings(**config.lora))
     else:
+        if guidance_range is not None:
+            raise ValueError(f"a guidance range needs a student on the teacher's network (student.kind=from_teacher "
+                             f"or lora), not {config.kind}")
         network = NETWORKS[config.kind](**config.network)
         student = FlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=teacher.sample_shape)
     student.info = {**teacher.info, "teacher": teacher_spec}
+    if guidance_range is not None:
+        student.info["guidance_range"] = list(guidance_range)
     return student
 
 
@@ -189,7 +201,7 @@ def run_distillation(config: DistillConfig) -> dict:
     training_data = getattr(objective, "training_data", None)  # objectives that learn from teacher trajectories
     data = training_data() if training_data else distillation_data(teacher, config.data)
     torch.manual_seed(config.train.seed)  # the same initial weights on every rerun
-    student = build_student(teacher, config.student, config.teacher)
+    student = build_student(teacher, config.student, config.teacher, objective.config.guidance_range)
     print(f"{config.name}: {config.objective['name']} on {config.teacher}, {len(data)} training samples, "
           f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters -> {run_dir}",
           file=sys.stderr, flush=True)
@@ -214,14 +226,20 @@ def run_distillation(config: DistillConfig) -> dict:
 
 def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | None = None,
                      name: str = "student") -> dict:
-    """The student at ``config.nfe`` beside the teacher's solvers at the same NFE; writes eval.json/.md/.png."""
+    """The student at ``config.nfe`` beside the teacher's solvers at the same NFE (for a guidance-conditioned
+    student, at each scale of ``config.guidance``); writes eval.json/.md/.png."""
     from .evaluate import REFERENCE_SOLVER, Evaluation, markdown_table, plot_quality, report
 
-    evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed)
-    rows = evaluation.teacher_rows(config.solvers, config.nfe)
-    if config.reference_nfe:
-        rows += evaluation.teacher_rows([REFERENCE_SOLVER], config.reference_nfe)
-    rows += evaluation.student_rows(student, config.nfe, name=name)
+    scales: list = [None]
+    if student.guidance_embeddings:
+        scales = config.guidance or student.info.get("guidance_range") or [student.default_guidance]
+    rows = []
+    for scale in scales:
+        evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed, guidance=scale)
+        rows += evaluation.teacher_rows(config.solvers, config.nfe)
+        if config.reference_nfe:
+            rows += evaluation.teacher_rows([REFERENCE_SOLVER], config.reference_nfe)
+        rows += evaluation.student_rows(student, config.nfe, name=name)
     result = report(evaluation, rows)
     if out_dir is not None:
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))

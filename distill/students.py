@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .conventions import per_example
+from .conventions import per_example, split_scale
 from .nets import NETWORKS, sinusoidal_embedding
 from .teachers.base import NetworkTeacher, as_time_batch
 
@@ -30,31 +31,36 @@ TIME_EMBEDDINGS = {
 STUDENT_FILE = "student.json"
 GAP_WEIGHTS = "gap_embeddings.safetensors"
 NETWORK_WEIGHTS = "network.safetensors"
+GUIDANCE_WEIGHTS = "guidance_embeddings.safetensors"
 SCHEDULER_TIMESTEPS = 1000  # diffusers' flow-map scheduler counts time in thousandths
+GAP_SCALE = 1000.0  # gaps in [0, 1] span the range of diffusers' timesteps
+GUIDANCE_SCALE = 100.0  # guidance scales in [0, 10] span the same range
 
 
-class GapEmbedding(nn.Module):
-    """A zero-initialised embedding of the gap ``t - s`` (sinusoidal features of ``scale * (t - s)``, then an MLP
-    whose last layer starts at zero)."""
+class ScalarEmbedding(nn.Module):
+    """A zero-initialised embedding of one number per example: sinusoidal features of ``scale * value``, then an MLP
+    whose last layer starts at zero. A forward hook adds it to a time-embedding module's output, so it changes
+    nothing until trained. The student embeds the gap ``t - s`` this way and, when guidance-conditioned, the guidance
+    scale ``w`` (METHODS.md, Guidance)."""
 
-    def __init__(self, out_dim: int, frequencies: int = 64, scale: float = 1000.0):
+    def __init__(self, out_dim: int, scale: float, frequencies: int = 64):
         super().__init__()
         self.frequencies, self.scale = frequencies, scale
-        self.gap: Tensor | None = None  # t - s of the call in progress
+        self.value: Tensor | None = None  # [B], set by the FlowMap call in progress
         self.mlp = nn.Sequential(nn.Linear(frequencies, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, gap: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(gap * self.scale, self.frequencies))
+    def forward(self, value: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_embedding(value * self.scale, self.frequencies))
 
     def add_to_output(self, module: nn.Module, inputs, output: Tensor) -> Tensor:
-        """Forward hook on a time-embedding module: add the embedding of the current gap (set by the FlowMap call).
-        A bound method, so a deep copy of the student hooks its own copied embeddings."""
-        if self.gap is None:
+        """Forward hook on a time-embedding module. A bound method, so a deep copy of the student hooks its own
+        copied embeddings."""
+        if self.value is None:
             return output
         weight = self.mlp[0].weight
-        return output + self(self.gap.to(weight.device, weight.dtype)).to(output.dtype)
+        return output + self(self.value.to(weight.device, weight.dtype)).to(output.dtype)
 
 
 def _network(teacher: NetworkTeacher) -> nn.Module:
@@ -101,6 +107,8 @@ class FlowMap(nn.Module):
             raise TypeError(f"a FlowMap is built on a network teacher or a two-time network, got {type(base).__name__}")
         self.base = base.requires_grad_(True)
         self.gap_embeddings = nn.ModuleList()
+        self.guidance_embeddings = nn.ModuleList()  # empty unless guidance-conditioned (add_guidance_embedding)
+        self.default_guidance: float | None = None
         self.lora = None  # distill.lora.LoraSettings once adapters are added
         self.hooked_modules: list[str] = []
         if not isinstance(base, NetworkTeacher):  # a from-scratch two-time network
@@ -110,9 +118,27 @@ class FlowMap(nn.Module):
         self.info = base.info
         hooked = _time_embedding_modules(_network(base))
         self.hooked_modules = [name for name, _ in hooked]
-        self.gap_embeddings.extend(GapEmbedding(_output_dim(m)) for _, m in hooked)
-        for (_, module), embedding in zip(hooked, self.gap_embeddings):
-            module.register_forward_hook(embedding.add_to_output)
+        self._hook_embeddings(self.gap_embeddings, GAP_SCALE)
+
+    def _hook_embeddings(self, embeddings: nn.ModuleList, scale: float) -> None:
+        """One zero-initialised :class:`ScalarEmbedding` per time-embedding module, added to its output."""
+        modules = dict(_network(self.base).named_modules())
+        for name in self.hooked_modules:
+            embedding = ScalarEmbedding(_output_dim(modules[name]), scale).to(next(self.base.parameters()).device)
+            modules[name].register_forward_hook(embedding.add_to_output)
+            embeddings.append(embedding)
+
+    def add_guidance_embedding(self, default: float = 1.0) -> FlowMap:
+        """Condition the student on a classifier-free guidance scale ``w`` (in place): a zero-initialised embedding of
+        ``w`` beside the gap embedding, so one student serves every scale at one network call per step. ``w`` rides
+        in the condition (``distill.conventions.with_scale``); ``default`` is used when a call carries none."""
+        if not self.hooked_modules:
+            raise ValueError("guidance conditioning needs a student built on a teacher's network "
+                             "(FlowMap.from_teacher)")
+        if not self.guidance_embeddings:
+            self._hook_embeddings(self.guidance_embeddings, GUIDANCE_SCALE)
+        self.default_guidance = float(default)
+        return self
 
     @classmethod
     def from_teacher(cls, teacher: NetworkTeacher) -> FlowMap:
@@ -123,15 +149,29 @@ class FlowMap(nn.Module):
         """``F(x, t, s)``, with ``F(x, t, t) = v_teacher(x, t)`` at initialisation."""
         t = as_time_batch(t, x.shape[0], "FlowMap")
         s = as_time_batch(s, x.shape[0], "FlowMap")
+        cond, guidance = split_scale(cond)
+        if guidance is not None and not self.guidance_embeddings:
+            raise ValueError("this student is not guidance-conditioned: distil it with objective.guidance=[w_min, "
+                             "w_max], or guide its teacher instead")
         if not isinstance(self.base, NetworkTeacher):
             return self.base(x, t.to(x.dtype).to(x.device), s.to(x.dtype).to(x.device), cond)
-        for embedding in self.gap_embeddings:
-            embedding.gap = t - s
-        try:
+        with self.embedding_inputs(t - s, self.default_guidance if guidance is None else guidance):
             return self.base.velocity(x, t, cond)
+
+    @contextmanager
+    def embedding_inputs(self, gap: Tensor, guidance: Tensor | float | None = None):
+        """Within the block, the gap embeddings see ``gap`` [B] and the guidance embeddings ``guidance``."""
+        pairs = [(e, gap) for e in self.gap_embeddings]
+        if self.guidance_embeddings:
+            scale = torch.as_tensor(guidance, dtype=gap.dtype, device=gap.device).expand(gap.shape[0])
+            pairs += [(e, scale) for e in self.guidance_embeddings]
+        for embedding, value in pairs:
+            embedding.value = value
+        try:
+            yield
         finally:
-            for embedding in self.gap_embeddings:
-                embedding.gap = None
+            for embedding, _ in pairs:
+                embedding.value = None
 
     def forward(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None, output: str = "map") -> Tensor:
         """``X(x, t, s)``, or ``F(x, t, s)`` with ``output="average_velocity"`` (training calls go through
@@ -167,8 +207,9 @@ class FlowMap(nn.Module):
         if isinstance(self.base, NetworkTeacher):
             self.base.save_pretrained(folder / "network")
             (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
-            self.save_gap_embeddings(folder)
-            spec = {"kind": "from_teacher", "hooked_modules": self.hooked_modules, "info": self.info}
+            self.save_embeddings(folder)
+            spec = {"kind": "from_teacher", "hooked_modules": self.hooked_modules, "info": self.info,
+                    **self.guidance_spec()}
         else:
             if type(self.base).__name__ not in NETWORKS:
                 raise ValueError(f"only built-in networks ({', '.join(NETWORKS)}) can be saved this way")
@@ -179,11 +220,27 @@ class FlowMap(nn.Module):
         (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
         return folder
 
-    def save_gap_embeddings(self, folder: Path) -> None:
-        """``folder/gap_embeddings.safetensors``: the zero-initialised (t - s) embeddings."""
+    def save_embeddings(self, folder: Path) -> None:
+        """``folder/gap_embeddings.safetensors`` (the (t - s) embeddings) and, for a guidance-conditioned student,
+        ``guidance_embeddings.safetensors``."""
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in self.gap_embeddings.state_dict().items()}, folder / GAP_WEIGHTS)
+        for embeddings, file in ((self.gap_embeddings, GAP_WEIGHTS), (self.guidance_embeddings, GUIDANCE_WEIGHTS)):
+            if embeddings:
+                save_file({k: v.contiguous() for k, v in embeddings.state_dict().items()}, folder / file)
+
+    def guidance_spec(self) -> dict:
+        """What ``student.json`` records of the guidance conditioning (``{}`` for a plain student)."""
+        return {"guidance": {"default": self.default_guidance}} if self.guidance_embeddings else {}
+
+    def load_embeddings(self, folder: Path, spec: dict) -> None:
+        """Read what :meth:`save_embeddings` wrote, adding the guidance embedding that ``spec`` records."""
+        from safetensors.torch import load_file
+
+        self.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
+        if spec.get("guidance"):
+            self.add_guidance_embedding(**spec["guidance"])
+            self.guidance_embeddings.load_state_dict(load_file(folder / GUIDANCE_WEIGHTS))
 
     def diffusers_output(self, x: Tensor, timestep: Tensor | float, r_timestep: Tensor | float, cond=None) -> Tensor:
         """The model output that diffusers' ``FlowMapEulerDiscreteScheduler.step(output, timestep, x, r_timestep)``
@@ -229,7 +286,7 @@ def load_student(folder: str | Path, teacher=None) -> FlowMap:
         student.info = spec["info"]
         return student
     student = FlowMap(load_folder(folder / "network"))
-    student.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
+    student.load_embeddings(folder, spec)
     return student
 
 

@@ -194,7 +194,7 @@ def draw_batch(data: Dataset, index: int, batch_size: int, seed: int) -> Batch:
     (seed, index)."""
     generator = torch.Generator().manual_seed(_seed(seed, index))
     chosen = torch.randint(0, len(data), (batch_size,), generator=generator)
-    return Batch(data.x[chosen], None if data.labels is None else data.labels[chosen])
+    return Batch(data.x[chosen], data.condition(chosen))
 
 
 def _seed(seed: int, index: int) -> int:

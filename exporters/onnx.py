@@ -106,13 +106,8 @@ def teacher_network_jump(student, x: Tensor, scalars: dict[str, Tensor], cond: T
     """``p x + q net(c_in x, timestep, gap)`` for a student on a teacher's network; per-example scalars are [B]
     tensors or float32 scalars."""
     batch = x.shape[0]
-    for embedding in student.gap_embeddings:
-        embedding.gap = scalars["gap"].expand(batch)
-    try:
+    with student.embedding_inputs(scalars["gap"].expand(batch)):
         out = student.base.call_network(x * _expand(scalars["c_in"], x), scalars["timestep"].expand(batch), cond)
-    finally:
-        for embedding in student.gap_embeddings:
-            embedding.gap = None
     return _expand(scalars["p"], x) * x + _expand(scalars["q"], x) * out.to(x.dtype)
 
 

@@ -27,7 +27,7 @@ def test_analytic_teacher_quality_improves_with_nfe():
     rows = evaluation.teacher_rows(["heun"], [1, 16])
     assert rows[1].swd < rows[0].swd and rows[1].fidelity_rmse < 0.1 * rows[0].fidelity_rmse
     result = report(evaluation, rows)
-    assert set(result) >= {"dataset", "samples", "rows"} and set(result["rows"][0]) == ROW_KEYS
+    assert set(result) >= {"dataset", "samples", "rows"} and set(result["rows"][0]) >= ROW_KEYS
     assert rows[1].swd < 1.5 * result["data_floor"]["swd"]  # a 15-NFE solve of the exact field is data-like
     assert "| teacher | heun | 15 |" in markdown_table(rows)  # 16 NFE buys heun 8 steps = 15 evaluations
 

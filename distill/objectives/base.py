@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..conventions import per_example
+from ..conventions import per_example, split_scale, with_scale
 from ..jvp import chosen_mode, jvp
 from .timesteps import TimePairs
 
@@ -44,14 +44,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 class DistillationConfig:
     """Settings every distillation objective shares.
 
-    ``times``: how (t, s) pairs are drawn. ``guidance``: a classifier-free guidance scale for the teacher (its
-    ``info["null_label"]`` is the unconditional class), ``None`` for the plain teacher. ``distance``: ``l2`` (the
+    ``times``: how (t, s) pairs are drawn. ``guidance``: classifier-free guidance of the teacher (its
+    ``info["null_label"]`` is the unconditional class): a scale ``w`` baked into every target, or a range
+    ``[w_min, w_max]`` from which each example draws its own ``w`` (uniformly), which the student then takes as an
+    input (``FlowMap.add_guidance_embedding``); ``None``: the plain teacher. ``distance``: ``l2`` (the
     squared norm ``|a - b|^2`` per example) or ``pseudo_huber`` (``sqrt(|a - b|^2 + c^2) - c``,
     ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``, ``adaptive_c``: the adaptive weight
     ``1 / (d + c)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off)."""
 
     times: TimePairs = field(default_factory=TimePairs)
-    guidance: float | None = None
+    guidance: float | list[float] | None = None
     distance: str = "l2"
     adaptive_p: float = 0.0
     adaptive_c: float = 1e-3
@@ -59,6 +61,13 @@ class DistillationConfig:
     def __post_init__(self):
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown distance {self.distance!r}; use one of {', '.join(DISTANCES)}")
+        if isinstance(self.guidance, list) and (len(self.guidance) != 2 or self.guidance[0] > self.guidance[1]):
+            raise ValueError(f"guidance must be a scale or a range [w_min, w_max], got {self.guidance}")
+
+    @property
+    def guidance_range(self) -> tuple[float, float] | None:
+        """``(w_min, w_max)`` when the student is conditioned on the guidance scale, else ``None``."""
+        return tuple(self.guidance) if isinstance(self.guidance, list) else None
 
 
 class DistillationObjective:
@@ -82,6 +91,15 @@ class DistillationObjective:
         self.target_network = TargetNetwork(self.config.target_ema) if hasattr(self.config, "target_ema") else None
 
     def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+        """The loss on ``batch``; with a guidance range, each example first draws its guidance scale (unless the data
+        carry theirs, as guided teacher trajectories do)."""
+        scales = self.config.guidance_range
+        if scales is not None and split_scale(batch.cond)[1] is None:
+            w = torch.empty(batch.x.shape[0], device=batch.x.device).uniform_(*scales)
+            batch = Batch(batch.x, with_scale(batch.cond, w))
+        return self.loss(student, batch, step)
+
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -155,10 +173,13 @@ def noised(x_data: Tensor, t: Tensor) -> Tensor:
     return per_example(1 - t, x_data) * x_data + per_example(t, x_data) * torch.randn_like(x_data)
 
 
-def with_guidance(teacher, guidance: float | None):
-    """``teacher`` itself, or wrapped in classifier-free guidance at scale ``guidance`` (null class from its info)."""
+def with_guidance(teacher, guidance: float | list[float] | None):
+    """``teacher`` itself, or wrapped in classifier-free guidance at scale ``guidance`` (null class from its info; a
+    range's lower end is the default scale, which conditions that carry their own scale override)."""
     if guidance is None:
         return teacher
+    if isinstance(guidance, list):
+        guidance = guidance[0]
     from ..teachers.guided import GuidedTeacher
 
     null = getattr(teacher, "info", {}).get("null_label")

@@ -43,7 +43,7 @@ class ConsistencyDistillation(DistillationObjective):
         super().__init__(teacher, config)
         self.grid = time_grid(self.teacher, self.config.intervals, self.config.grid)  # decreasing, ends at 0
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         size = batch.x.shape[0]
         n = torch.randint(0, self.config.intervals, (size,))
         t, t_next = self.grid[n], self.grid[n + 1]  # t > t_next: one step towards data

@@ -45,7 +45,7 @@ class CTM(DistillationObjective):
 
     config_class = CTMConfig
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         size = batch.x.shape[0]
         t, s = self.sample_times(size)
         u = t - self.config.max_teacher_share * (1 - torch.rand(size, dtype=torch.float64)) * (t - s)

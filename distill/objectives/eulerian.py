@@ -50,7 +50,7 @@ class EulerianMap(DistillationObjective):
 
     config_class = EulerianMapConfig
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         t, s = self.sample_times(batch.x.shape[0])
         x_t = noised(batch.x, t)
         target = self.target_network(student, step)

@@ -29,7 +29,7 @@ class LagrangianMap(DistillationObjective):
 
     config_class = LagrangianMapConfig
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         size = batch.x.shape[0]
         t, s = self.sample_times(size)
         x_t = noised(batch.x, t)

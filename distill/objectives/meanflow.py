@@ -53,7 +53,7 @@ class MeanFlow(DistillationObjective):
 
         return eulerian_target(self, average_velocity, x_t, t, s, v)
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         t, s = self.sample_times(batch.x.shape[0])
         x_t = noised(batch.x, t)
         F_tgt = self.target(student, x_t, t, s, batch.cond)

@@ -58,7 +58,7 @@ class Progressive(DistillationObjective):
         """``N_r``: the number of jumps the student learns in this step's round."""
         return self.config.start_steps >> (self.round(step) + 1)
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         r = self.round(step)
         if r > self.previous_round or (r > 0 and self.previous is None):
             self.previous, self.previous_round = copy.deepcopy(unwrap(student)).requires_grad_(False), r

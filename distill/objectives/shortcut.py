@@ -44,7 +44,7 @@ class Shortcut(DistillationObjective):
         anchor = torch.rand(batch_size, dtype=torch.float64) < self.config.times.share_equal
         return t, torch.where(anchor, t, t - d)
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         t, s = self.sample_times(batch.x.shape[0])
         u = (t + s) / 2
         x_t = noised(batch.x, t)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..conventions import with_scale
 from ..data import Dataset, teacher_trajectories
 from ..solvers import time_grid
 from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, gap
@@ -53,15 +54,21 @@ class TrajectoryDistillation(DistillationObjective):
         return time_grid(self.teacher, self.config.steps)[:: self.config.stride]
 
     def training_data(self, progress: bool = True) -> Dataset:
-        """The teacher's trajectories, [N, M, ...] with labels for a class-conditional teacher (cached)."""
+        """The teacher's trajectories, [N, M, ...] with labels for a class-conditional teacher (cached); with a
+        guidance range, each trajectory follows the teacher guided at its own scale ``w`` (uniform on the range,
+        kept with it)."""
         config, shape = self.config, self.teacher.sample_shape
-        noise = torch.randn(config.trajectories, *shape, generator=torch.Generator().manual_seed(config.seed))
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn(config.trajectories, *shape, generator=generator)
         classes = self.teacher.info.get("num_classes")
         cond = torch.arange(config.trajectories) % classes if classes else None
+        if config.guidance_range is not None:
+            cond = with_scale(cond, torch.empty(config.trajectories).uniform_(*config.guidance_range,
+                                                                              generator=generator))
         return teacher_trajectories(self.teacher, noise, cond, config.solver, config.steps, config.stride,
                                     progress=progress)
 
-    def __call__(self, student, batch: Batch, step: int) -> LossOutput:
+    def loss(self, student, batch: Batch, step: int) -> LossOutput:
         states, times = batch.x, self.times  # [B, M, ...], [M]
         size, count = states.shape[0], states.shape[1]
         if count != len(times):

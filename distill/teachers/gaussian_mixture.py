@@ -19,13 +19,18 @@ class GaussianMixtureTeacher(Teacher):
     ``v_k(x) = E[noise - x_data | x, k] = (t - (1 - t) s_k^2) / Sigma_k (x - (1 - t) mu_k) - mu_k``, and the
     mixture's is ``v = sum_k r_k(x) v_k(x)`` with posterior responsibilities ``r_k``.
 
+    With ``classes``, it is also a class-conditional teacher: ``cond`` = labels [B] restricts each example to its
+    class's components (the exact conditional velocity), and the label ``num_classes`` (``info["null_label"]``) is
+    the whole mixture, so classifier-free guidance of it (``GuidedTeacher``) is exact too.
+
     Args:
         means: [K, D] component means.
         stds: [K], [K, D] or a number: component standard deviations (> 0).
         weights: [K] mixture weights (normalised here); uniform when omitted.
+        classes: [K] the class of each component (0 .. C - 1), or ``None`` for an unconditional teacher.
     """
 
-    def __init__(self, means, stds, weights=None):
+    def __init__(self, means, stds, weights=None, classes=None):
         super().__init__()
         means = torch.as_tensor(means, dtype=F64)
         if means.ndim != 2:
@@ -42,6 +47,14 @@ class GaussianMixtureTeacher(Teacher):
         self.register_buffer("stds", stds.clone())
         self.register_buffer("weights", weights / weights.sum())
         self.sample_shape = (D,)
+        if classes is not None:
+            classes = torch.as_tensor(classes, dtype=torch.long)
+            if classes.shape != (K,) or bool((classes < 0).any()):
+                raise ValueError(f"classes must be [K] = [{K}] labels >= 0, got {classes.tolist()}")
+        self.register_buffer("classes", None if classes is None else classes.clone())
+        if classes is not None:
+            count = int(classes.max()) + 1
+            self.info = {"num_classes": count, "null_label": count}
 
     # --- the marginal at time t ---------------------------------------------------------------------------
     def _components(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,13 +77,28 @@ class GaussianMixtureTeacher(Teacher):
 
     def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
         t = self.check_inputs(x, t).to(x.device)
-        return self._velocity64(x.to(F64), t).to(x.dtype)
+        return self._velocity64(x.to(F64), t, self._class_mask(cond, x.shape[0])).to(x.dtype)
 
-    def _velocity64(self, x: Tensor, t: Tensor) -> Tensor:
+    def _class_mask(self, cond, batch: int) -> Tensor | None:
+        """[B, K]: which components each example's class allows (``None``: all, for every example)."""
+        if cond is None:
+            return None
+        if self.classes is None:
+            raise ValueError("this GaussianMixtureTeacher is unconditional (no classes): call velocity without cond")
+        labels = torch.as_tensor(cond, device=self.means.device).long().expand(batch)
+        null = self.info["null_label"]
+        if bool(((labels < 0) | (labels > null)).any()):
+            raise ValueError(f"class labels must lie in 0 .. {null} ({null}: unconditional), got {labels.tolist()}")
+        return (labels[:, None] == self.classes[None]) | (labels[:, None] == null)
+
+    def _velocity64(self, x: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
         mean, var = self._components(t)
         coefficient = (t[:, None, None] - (1 - t[:, None, None]) * self.stds**2) / var  # [B, K, D]
         v_k = coefficient * (x[:, None, :] - mean) - self.means  # [B, K, D]
-        r = torch.softmax(self._log_joint(x, t), dim=1)  # [B, K]
+        log_joint = self._log_joint(x, t)
+        if mask is not None:  # the class's components only: p(x_t | class)
+            log_joint = log_joint.masked_fill(~mask, float("-inf"))
+        r = torch.softmax(log_joint, dim=1)  # [B, K]
         return (r[:, :, None] * v_k).sum(1)
 
     # --- data and the reference flow map --------------------------------------------------------------------

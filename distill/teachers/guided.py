@@ -1,11 +1,15 @@
-"""Classifier-free guidance as a teacher wrapper."""
+"""Classifier-free guidance as a teacher wrapper.
+
+A guidance-conditioned student and its guided teacher take the scale ``w`` inside the condition
+(``distill.conventions.with_scale``).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ..conventions import per_example
+from ..conventions import per_example, split_scale
 from .base import Teacher
 
 
@@ -32,6 +36,7 @@ class GuidedTeacher(Teacher):
         self.guidance_scale = float(guidance_scale)
         self.null_cond = null_cond
         self.t_min, self.t_max, self.sample_shape = teacher.t_min, teacher.t_max, teacher.sample_shape
+        self.info = teacher.info
 
     def training_grid(self, steps: int, **options) -> Tensor:
         return self.teacher.training_grid(steps, **options)
@@ -40,7 +45,10 @@ class GuidedTeacher(Teacher):
         self.teacher.check_state(x)
 
     def velocity(self, x: Tensor, t: Tensor | float, cond=None, guidance: Tensor | float | None = None) -> Tensor:
-        """Guided velocity; ``guidance`` (a number or [B]) overrides the default scale per call or per example."""
+        """Guided velocity; ``guidance`` (a number or [B]) overrides the default scale per call or per example, and so
+        does a scale carried in ``cond`` (:func:`with_scale`)."""
+        cond, carried = split_scale(cond)
+        guidance = carried if guidance is None else guidance
         if cond is None:
             raise ValueError("GuidedTeacher.velocity needs cond (the conditional input to guide towards)")
         t = self.check_inputs(x, t)
@@ -51,6 +59,9 @@ class GuidedTeacher(Teacher):
         )
         v_cond, v_uncond = both[:batch], both[batch:]
         return v_uncond + w * (v_cond - v_uncond)
+
+    def extra_repr(self) -> str:  # part of the cache key of this teacher's samples (distill.data.fingerprint)
+        return f"guidance_scale={self.guidance_scale}, null_cond={self.null_cond!r}"
 
 
 def _stack_with_null(cond, null, batch: int, device):
