@@ -26,6 +26,7 @@ def _sample(args: argparse.Namespace) -> dict:
     if args.model.endswith(".onnx"):
         return _sample_onnx(args)
     from .conventions import with_scale
+    from .data import class_cycle
     from .solvers import sample, solver_nfe, time_grid
     from .students import FlowMap, load_model
     from .teachers import GuidedTeacher
@@ -34,12 +35,9 @@ def _sample(args: argparse.Namespace) -> dict:
     is_student = isinstance(model, FlowMap)
     if model.sample_shape is None:
         raise ValueError(f"{args.model} does not declare its sample shape; sample it from Python instead")
-    classes = model.info.get("num_classes")
-    cond = None
+    cond = class_cycle(model.info, args.n)  # a class-conditional model: every class in turn
     if args.class_label is not None:
         cond = torch.full((args.n,), args.class_label, dtype=torch.long)
-    elif classes:  # a class-conditional teacher: every class in turn
-        cond = torch.arange(args.n) % classes
     if args.guidance is not None and is_student:  # one call per step: the scale is the student's input
         if not model.guidance_embeddings:
             raise ValueError(f"{args.model} was not distilled with guidance: distil it with objective.guidance="
@@ -166,6 +164,25 @@ def _run(args: argparse.Namespace) -> dict:
     return report
 
 
+def _finetune(args: argparse.Namespace) -> dict:
+    from .config import dump
+    from .evaluate import EvalRow, markdown_table
+    from .finetune import finetune, load_finetune_config
+
+    config = load_finetune_config(args.config, args.overrides)
+    if args.dry_run:
+        print(dump(config), end="")
+        return {"config": config.name, "dry_run": True}
+    report = finetune(config)
+    if not args.json:
+        print(f"adapter ({report['adapter_bytes'] / 1e3:.0f} kB) -> {report['adapter']}; merged teacher -> "
+              f"{report['teacher']}")
+        if report["eval"]:
+            print(markdown_table([EvalRow(**row) for row in report["eval"]["rows"]]))
+        print(f"next: distill run quickstart teacher={report['teacher']} run_dir=runs/{config.name}-student")
+    return report
+
+
 def _print_run(report: dict) -> None:
     from .evaluate import EvalRow, markdown_table
 
@@ -270,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.set_defaults(run=_run)
 
+    tune = commands.add_parser("finetune", help="adapt a teacher to new data with LoRA adapters (then distil it)")
+    tune.add_argument("config", help="a YAML file or a preset in configs/finetune/")
+    tune.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.classes=[3,7] lora.rank=4")
+    tune.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    tune.set_defaults(run=_finetune)
+
     quickstart = commands.add_parser("quickstart", help="bundled MNIST teacher -> distilled student -> eval table")
     quickstart.add_argument("overrides", nargs="*", help="key=value overrides of configs/distill/quickstart.yaml")
     quickstart.add_argument("--out", default="runs/quickstart", help="the run folder")
@@ -277,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="ONNX sampler graphs to export and check ('' for none)")
     quickstart.set_defaults(run=_quickstart)
 
-    for command in (teachers, sample, evaluate, export, train_teacher, run, quickstart):
+    for command in (teachers, sample, evaluate, export, train_teacher, run, tune, quickstart):
         command.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     return parser
 

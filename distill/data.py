@@ -185,8 +185,29 @@ def from_array(x, labels=None, name: str = "array") -> Dataset:
     return Dataset(x, labels, name, None if labels is None else int(labels.max()) + 1)
 
 
-def load_dataset(name: str, size: int | None = None, n: int = 20000, seed: int = 0) -> Dataset:
-    """By name: a 2-D set (``n`` points), ``digits``, ``mnist``, a folder of images or a .npy/.npz file."""
+def load_dataset(name: str, size: int | None = None, n: int = 20000, seed: int = 0,
+                 classes: list[int] | None = None) -> Dataset:
+    """By name: a 2-D set (``n`` points), ``digits``, ``mnist``, a folder of images or a .npy/.npz file; ``classes``
+    keeps only the examples of those classes (labels unchanged)."""
+    data = _load_dataset(name, size, n, seed)
+    if classes:
+        if data.labels is None:
+            raise ValueError(f"{name} has no labels to select classes {classes} from")
+        keep = torch.isin(data.labels, torch.as_tensor(classes))
+        if not bool(keep.any()):
+            raise ValueError(f"{name} has no examples of classes {classes}")
+        data = Dataset(data.x[keep], data.labels[keep], f"{data.name}{classes}", data.num_classes)
+    return data
+
+
+def class_cycle(info: dict, n: int) -> Tensor | None:
+    """Labels for ``n`` samples of a class-conditional model (``info`` of a teacher or student): its classes in turn
+    (only those of its data's class subset, when it was trained on one); ``None`` for an unconditional model."""
+    classes = info.get("data", {}).get("classes") or list(range(info.get("num_classes") or 0))
+    return torch.as_tensor(classes)[torch.arange(n) % len(classes)] if classes else None
+
+
+def _load_dataset(name: str, size: int | None, n: int, seed: int) -> Dataset:
     if name in TOY_SETS:
         return toy_2d(name, n, seed)
     if name == "digits":

@@ -18,11 +18,13 @@ from torch import Tensor
 
 from . import metrics
 from .conventions import with_scale
-from .data import Dataset, load_dataset, teacher_samples
+from .data import Dataset, class_cycle, load_dataset, teacher_samples
 from .solvers import SOLVERS, sample, solver_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
-CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8"}
+# feature networks for FD, by (data, size); 16x16 scikit-learn digits are judged by the MNIST classifier's features
+CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8",
+                       ("digits", 16): "mnist16"}
 REFERENCE_SOLVER, REFERENCE_STEPS = "dpmpp2m", 64  # the accurate solution fidelity is measured against
 
 
@@ -56,13 +58,15 @@ class Evaluation:
         teacher: the teacher (its ``info`` names the data; ``data`` overrides).
         samples: number of generated samples per row.
         seed: seeds the noise and class labels.
-        data: dataset name (``distill.data.load_dataset``) when the teacher's ``info`` lacks it.
+        data: dataset name (``distill.data.load_dataset``) when the teacher's ``info`` lacks it, or a dict like a
+            teacher's ``info["data"]`` (name, size, classes) to judge it against other data.
         progress: print progress lines to stderr.
         guidance: a classifier-free guidance scale ``w``: the teacher is guided at ``w`` (its ``info["null_label"]``
             is the unconditional class), and guidance-conditioned students are asked for ``w``.
     """
 
-    def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | None = None, progress: bool = True,
+    def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | dict | None = None,
+                 progress: bool = True,
                  guidance: float | None = None):
         if teacher.sample_shape is None:
             raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
@@ -74,14 +78,13 @@ class Evaluation:
         self.teacher, self.samples, self.seed, self.progress = teacher, samples, seed, progress
         info = dict(teacher.info.get("data", {}))
         if data is not None:
-            info = {"name": data, "size": None}
+            info = dict(data) if isinstance(data, dict) else {"name": data, "size": None}
         if "name" not in info:
             raise ValueError("unknown data for this teacher: pass data= (e.g. mnist, digits, checkerboard)")
-        self.data_name, self.data_size = info["name"], info.get("size")
+        self.data_name, self.data_size, self.data_classes = info["name"], info.get("size"), info.get("classes")
         generator = torch.Generator().manual_seed(seed)
         self.noise = torch.randn(samples, *teacher.sample_shape, generator=generator)
-        classes = teacher.info.get("num_classes")
-        self.cond = None if not classes else torch.arange(samples) % classes
+        self.cond = class_cycle({**teacher.info, "data": info}, samples)
         self.is_image = len(teacher.sample_shape) == 3
         self.classifier = self._classifier() if self.is_image else None
         self.real = self._real_data()
@@ -109,7 +112,7 @@ class Evaluation:
         exact = getattr(self.teacher, "sample_data", None)
         if exact is not None:
             return Dataset(exact(self.samples, torch.Generator().manual_seed(seed)).float(), name=self.data_name)
-        return load_dataset(self.data_name, self.data_size, n=self.samples, seed=seed)
+        return load_dataset(self.data_name, self.data_size, n=self.samples, seed=seed, classes=self.data_classes)
 
     def log(self, message: str) -> None:
         if self.progress:

@@ -27,6 +27,7 @@ from .students import STUDENT_FILE, FlowMap, _network
 # makes an adapter (with the gap embedding) of 4.5% of the network's parameters.
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv2")
 PEFT_PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained writes
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -63,43 +64,61 @@ def _check_targets(network: nn.Module, settings: LoraSettings) -> None:
                          f"its linear and convolution layers end in: {', '.join(leaves)}")
 
 
-def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
-    """Inject LoRA adapters into a ``from_teacher`` student's network (in place) and freeze everything else but the
-    gap embedding. The adapters start at zero (PEFT's B = 0), so the student's outputs do not change."""
+def inject_lora(network: nn.Module, settings: LoraSettings) -> None:
+    """Add PEFT LoRA layers to ``network``'s target modules (in place); they start at zero (PEFT's B = 0)."""
     from peft import inject_adapter_in_model
 
+    _check_targets(network, settings)
+    inject_adapter_in_model(settings.peft_config(), network)
+
+
+def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
+    """Inject LoRA adapters into a ``from_teacher`` student's network (in place) and freeze everything else but the
+    gap (and guidance) embeddings. The adapters start at zero, so the student's outputs do not change."""
     settings = settings or LoraSettings()
     if not student.gap_embeddings:
         raise ValueError("LoRA adapts a student built on a teacher's network (FlowMap.from_teacher)")
-    network = _network(student.base)
-    _check_targets(network, settings)
-    inject_adapter_in_model(settings.peft_config(), network)
+    inject_lora(_network(student.base), settings)
     for name, parameter in student.named_parameters():
         parameter.requires_grad_("lora_" in name or name.startswith(("gap_embeddings.", "guidance_embeddings.")))
     student.lora = settings
     return student
 
 
-def adapter_state(student: FlowMap) -> dict:
+def add_teacher_lora(teacher, settings: LoraSettings | None = None):
+    """Inject LoRA adapters into a network teacher (in place) and freeze everything else: fine-tuning a teacher to
+    new data (``distill finetune``)."""
+    inject_lora(_network(teacher), settings or LoraSettings())
+    for name, parameter in teacher.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+    return teacher
+
+
+def adapter_state(network: nn.Module) -> dict:
     """The adapters' weights under PEFT's saved names (``base_model.model.<module>.lora_A.weight``)."""
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(_network(student.base))
+    state = get_peft_model_state_dict(network)
     return {PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
+
+
+def write_adapter(network: nn.Module, settings: LoraSettings, folder: Path) -> None:
+    """PEFT's adapter folder for ``network``'s adapters: ``adapter_config.json`` and ``adapter_model.safetensors``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    settings.peft_config().save_pretrained(str(folder))
+    save_file(adapter_state(network), folder / ADAPTER_WEIGHTS)
 
 
 def save_adapter(student: FlowMap, folder: str | Path) -> Path:
     """Write a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) plus the gap embedding
     and ``student.json`` (kind ``lora``, the teacher it adapts)."""
-    from safetensors.torch import save_file
-
     settings = student.lora
     if settings is None:
         raise ValueError("this student has no LoRA adapters (add_lora first); save it with save_pretrained")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    settings.peft_config().save_pretrained(str(folder))
-    save_file(adapter_state(student), folder / "adapter_model.safetensors")
+    write_adapter(_network(student.base), settings, folder)
     student.save_embeddings(folder)
     spec = {"kind": "lora", "lora": asdict(settings), "info": student.info, **student.guidance_spec()}
     (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
@@ -112,12 +131,12 @@ def load_adapter(folder: str | Path, teacher) -> FlowMap:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    if not (folder / "adapter_model.safetensors").is_file():
+    if not (folder / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder} holds no LoRA adapter (adapter_model.safetensors missing)")
     spec = json.loads((folder / STUDENT_FILE).read_text())
     settings = LoraSettings(**spec["lora"])
     student = add_lora(FlowMap.from_teacher(teacher), settings)
-    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / "adapter_model.safetensors").items()}
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
     result = set_peft_model_state_dict(_network(student.base), state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
@@ -130,13 +149,18 @@ def load_adapter(folder: str | Path, teacher) -> FlowMap:
 def merge_lora(student: FlowMap) -> FlowMap:
     """Fold the adapters into the layers they adapt (``W + (alpha / r) B A``) and put plain layers back, in place:
     the result has no PEFT modules (what ONNX export and serving want)."""
+    merge_network_lora(_network(student.base))
+    student.lora = None
+    return student
+
+
+def merge_network_lora(network: nn.Module) -> nn.Module:
+    """:func:`merge_lora` for a bare network (a fine-tuned teacher's)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    network = _network(student.base)
     for name, module in list(network.named_modules()):
         if isinstance(module, BaseTunerLayer):
             module.merge()
             parent_name, _, child = name.rpartition(".")
             setattr(network.get_submodule(parent_name) if parent_name else network, child, module.get_base_layer())
-    student.lora = None
-    return student
+    return network

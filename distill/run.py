@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, build, dump
-from .data import Dataset, load_dataset
+from .data import Dataset, class_cycle, load_dataset
 from .nets import NETWORKS
 from .objectives import OBJECTIVES
 from .students import FlowMap
@@ -163,7 +163,8 @@ def distillation_data(teacher, config: DistillDataConfig) -> Dataset:
     exact = getattr(teacher, "sample_data", None)
     if exact is not None and config.name is None:  # an analytic teacher: exact samples of its own distribution
         return Dataset(exact(config.n, torch.Generator().manual_seed(config.seed)).float(), name=name)
-    data = load_dataset(name, config.size if config.name else info.get("size"), config.n, config.seed)
+    data = load_dataset(name, config.size if config.name else info.get("size"), config.n, config.seed,
+                        None if config.name else info.get("classes"))
     if not (config.conditional and teacher.info.get("num_classes")):
         data.labels = None
     return data
@@ -172,8 +173,7 @@ def distillation_data(teacher, config: DistillDataConfig) -> Dataset:
 def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 0):
     """A function ``model -> samples`` for periodic grids: ``steps`` jumps from fixed noise (classes in turn)."""
     noise = torch.randn(count, *student.sample_shape, generator=torch.Generator().manual_seed(seed))
-    classes = student.info.get("num_classes")
-    cond = torch.arange(count) % classes if classes else None
+    cond = class_cycle(student.info, count)
 
     def draw(model) -> torch.Tensor:
         from .solvers import sample

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..conventions import with_scale
-from ..data import Dataset, teacher_trajectories
+from ..data import Dataset, class_cycle, teacher_trajectories
 from ..solvers import time_grid
 from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, gap
 
@@ -60,8 +60,7 @@ class TrajectoryDistillation(DistillationObjective):
         config, shape = self.config, self.teacher.sample_shape
         generator = torch.Generator().manual_seed(config.seed)
         noise = torch.randn(config.trajectories, *shape, generator=generator)
-        classes = self.teacher.info.get("num_classes")
-        cond = torch.arange(config.trajectories) % classes if classes else None
+        cond = class_cycle(self.teacher.info, config.trajectories)
         if config.guidance_range is not None:
             cond = with_scale(cond, torch.empty(config.trajectories).uniform_(*config.guidance_range,
                                                                               generator=generator))
