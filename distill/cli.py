@@ -87,7 +87,7 @@ def _sample_onnx(args: argparse.Namespace) -> dict:
         labels = list(range(classes)) * (args.n // classes) + list(range(args.n % classes))
     steps = runtime.metadata.get("steps") or args.steps
     start = time.perf_counter()
-    x = runtime.sample(args.n, seed=args.seed, class_labels=labels, steps=steps)
+    x = runtime.sample(args.n, seed=args.seed, class_labels=labels, steps=steps, guidance=args.guidance)
     seconds = time.perf_counter() - start
     save_samples(torch.from_numpy(x), args.out, title=f"{args.model}: {steps} steps")
     report = {"model": str(args.model), "solver": "onnx", "steps": steps, "nfe": steps, "samples": args.n,

@@ -102,11 +102,12 @@ def _expand(value: Tensor, like: Tensor) -> Tensor:
     return value.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def teacher_network_jump(student, x: Tensor, scalars: dict[str, Tensor], cond: Tensor | None) -> Tensor:
-    """``p x + q net(c_in x, timestep, gap)`` for a student on a teacher's network; per-example scalars are [B]
-    tensors or float32 scalars."""
+def teacher_network_jump(student, x: Tensor, scalars: dict[str, Tensor], cond: Tensor | None,
+                         guidance: Tensor | None = None) -> Tensor:
+    """``p x + q net(c_in x, timestep, gap (, w))`` for a student on a teacher's network; per-example scalars are
+    [B] tensors or float32 scalars; ``guidance`` [B]: a guidance-conditioned student's scale."""
     batch = x.shape[0]
-    with student.embedding_inputs(scalars["gap"].expand(batch)):
+    with student.embedding_inputs(scalars["gap"].expand(batch), guidance):
         out = student.base.call_network(x * _expand(scalars["c_in"], x), scalars["timestep"].expand(batch), cond)
     return _expand(scalars["p"], x) * x + _expand(scalars["q"], x) * out.to(x.dtype)
 
@@ -136,13 +137,14 @@ class SamplerGraph(nn.Module):
             self.register_buffer(f"step_{name}", values.to(torch.float32), persistent=False)
         self.t_start = float(times[0])
 
-    def forward(self, noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, noise: Tensor, class_labels: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         x = noise * self.t_start
         for k in range(len(self.times) - 1):
             network = self.float_copy if k in self.float_steps else self.student
             if self.on_network:
                 names = ("c_in", "timestep", "p", "q", "gap")
-                x = teacher_network_jump(network, x, {n: getattr(self, f"step_{n}")[k] for n in names}, class_labels)
+                scalars = {n: getattr(self, f"step_{n}")[k] for n in names}
+                x = teacher_network_jump(network, x, scalars, class_labels, guidance)
             else:
                 t, s = self.step_t[k].expand(x.shape[0]), self.step_s[k].expand(x.shape[0])
                 x = x + _expand(s - t, x) * network(x, t, s, class_labels)
@@ -183,10 +185,12 @@ class JumpGraph(nn.Module):
         w = ((t - t0) / (t1 - t0))[:, None]
         return self.table[index] * (1 - w) + self.table[index + 1] * w  # [B, 4]
 
-    def forward(self, x: Tensor, t: Tensor, s: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, s: Tensor, class_labels: Tensor | None = None,
+                guidance: Tensor | None = None) -> Tensor:
         if not self.on_network:
             return x + _expand(s - t, x) * self.student.base(x, t, s, class_labels)
-        return teacher_network_jump(self.student, x, jump_scalars(*self._interpolate(t).unbind(1), t, s), class_labels)
+        scalars = jump_scalars(*self._interpolate(t).unbind(1), t, s)
+        return teacher_network_jump(self.student, x, scalars, class_labels, guidance)
 
 
 # --- export ---------------------------------------------------------------------------------------------------
@@ -202,7 +206,8 @@ def graph_module(student, config: OnnxExportConfig) -> nn.Module:
 
 def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[str, Tensor]:
     """Inputs of the right names, shapes and dtypes: standard normal states, times ``t > s`` in the student's
-    range, class labels in ``[0, num_classes)``."""
+    range, class labels in ``[0, num_classes)``, and for a guidance-conditioned student scales ``w`` in the range it
+    was distilled on."""
     if student.sample_shape is None:
         raise ValueError("the student does not declare its sample shape, so its ONNX inputs cannot be shaped")
     generator = torch.Generator().manual_seed(seed)
@@ -214,6 +219,9 @@ def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[s
     classes = student.info.get("num_classes")
     if classes:
         inputs["class_labels"] = torch.randint(0, classes, (batch,), generator=generator)
+    if student.guidance_embeddings:
+        low, high = student.info.get("guidance_range") or [student.default_guidance] * 2
+        inputs["guidance"] = low + (high - low) * torch.rand(batch, generator=generator)
     return inputs
 
 
@@ -245,6 +253,8 @@ def export_onnx(student, path: str | Path, config: OnnxExportConfig | None = Non
         "times": [float(t) for t in module.times] if config.graph == "sampler" else None,
         "t_min": student.t_min, "t_max": student.t_max, "sample_shape": list(student.sample_shape),
         "num_classes": student.info.get("num_classes"), "inputs": names, "output": _output_name(config.graph),
+        "guidance": {"default": student.default_guidance, "range": student.info.get("guidance_range")}
+        if student.guidance_embeddings else None,
         "precision": "fp32", "exporter": exporter, "opset": config.opset, "source": source,
         "source_sha256": weights_hash(student), "teacher": student.info.get("teacher") or student.info.get("name"),
     }

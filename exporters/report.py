@@ -75,9 +75,12 @@ def _log(message: str) -> None:
 
 def _reference(student, graph: str, steps: int, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     """What the PyTorch student computes on a graph's inputs (``distill.sample`` or one jump)."""
+    from distill.conventions import with_scale
     from distill.solvers import sample
 
     labels = inputs.get("class_labels")
+    if "guidance" in inputs:
+        labels = with_scale(labels, inputs["guidance"])
     with torch.no_grad():
         if graph == "sampler":
             return sample(student, inputs["noise"], steps=steps, cond=labels).numpy()
@@ -86,9 +89,10 @@ def _reference(student, graph: str, steps: int, inputs: dict[str, torch.Tensor])
 
 def _run(runtime, graph: str, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     labels = inputs["class_labels"].numpy() if "class_labels" in inputs else None
+    guidance = inputs["guidance"].numpy() if "guidance" in inputs else None
     if graph == "sampler":
-        return runtime(inputs["noise"].numpy(), labels)
-    return runtime.jump(inputs["x"].numpy(), inputs["t"].numpy(), inputs["s"].numpy(), labels)
+        return runtime(inputs["noise"].numpy(), labels, guidance)
+    return runtime.jump(inputs["x"].numpy(), inputs["t"].numpy(), inputs["s"].numpy(), labels, guidance)
 
 
 def parity(student, runtime, graph: str, steps: int, batch: int = 16, seed: int = 1) -> tuple[float, float]:

@@ -90,7 +90,7 @@ class OnnxSampler:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def _feeds(self, arrays: dict[str, np.ndarray], class_labels) -> dict[str, np.ndarray]:
+    def _feeds(self, arrays: dict[str, np.ndarray], class_labels, guidance=None) -> dict[str, np.ndarray]:
         batch = len(next(iter(arrays.values())))
         for name, array in arrays.items():
             if name in ("noise", "x") and tuple(array.shape[1:]) != self.sample_shape:
@@ -105,38 +105,44 @@ class OnnxSampler:
             feeds["class_labels"] = np.ascontiguousarray(labels)
         elif class_labels is not None:
             raise ValueError("this model is unconditional: class_labels must be None")
+        if "guidance" in self.input_names:  # a guidance-distilled student: the scale w is an input
+            scale = self.metadata["guidance"]["default"] if guidance is None else guidance
+            feeds["guidance"] = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32), (batch,)))
+        elif guidance is not None:
+            raise ValueError("this model was not distilled with guidance: guidance must be None")
         return feeds
 
-    def __call__(self, noise: np.ndarray, class_labels=None) -> np.ndarray:
-        """The sampler graph: ``noise [B, ...]`` (standard normal) -> samples [B, ...] at ``t = 0``."""
+    def __call__(self, noise: np.ndarray, class_labels=None, guidance=None) -> np.ndarray:
+        """The sampler graph: ``noise [B, ...]`` (standard normal) -> samples [B, ...] at ``t = 0``. ``guidance``: the
+        scale ``w`` (a number or [B]) of a guidance-distilled student (default: the one it was exported with)."""
         if self.graph != "sampler":
             raise ValueError(f"{self.path} is a {self.graph} graph; call .jump(x, t, s) or export a sampler")
-        return self.session.run(None, self._feeds({"noise": noise}, class_labels))[0]
+        return self.session.run(None, self._feeds({"noise": noise}, class_labels, guidance))[0]
 
-    def jump(self, x: np.ndarray, t, s, class_labels=None) -> np.ndarray:
+    def jump(self, x: np.ndarray, t, s, class_labels=None, guidance=None) -> np.ndarray:
         """The jump graph: ``X(x, t, s)`` for canonical ``t >= s`` (numbers or [B])."""
         if self.graph != "jump":
             raise ValueError(f"{self.path} is a {self.graph} graph; call it on noise, or export a jump graph")
         batch = len(x)
         t = np.broadcast_to(np.asarray(t, dtype=np.float32), (batch,))
         s = np.broadcast_to(np.asarray(s, dtype=np.float32), (batch,))
-        return self.session.run(None, self._feeds({"x": x, "t": t, "s": s}, class_labels))[0]
+        return self.session.run(None, self._feeds({"x": x, "t": t, "s": s}, class_labels, guidance))[0]
 
-    def generate(self, noise: np.ndarray, class_labels=None, steps: int = 1) -> np.ndarray:
+    def generate(self, noise: np.ndarray, class_labels=None, steps: int = 1, guidance=None) -> np.ndarray:
         """Samples from standard normal ``noise``: a sampler graph's baked grid, or ``steps`` uniform jumps of a jump
         graph from ``t_max`` to 0."""
         if self.graph == "sampler":
-            return self(noise, class_labels)
+            return self(noise, class_labels, guidance)
         times = np.linspace(self.metadata["t_max"], 0.0, steps + 1)
         x = noise * np.float32(times[0])
         for t, s in zip(times[:-1], times[1:]):
-            x = self.jump(x, t, s, class_labels)
+            x = self.jump(x, t, s, class_labels, guidance)
         return x
 
-    def sample(self, n: int, seed: int = 0, class_labels=None, steps: int = 1) -> np.ndarray:
+    def sample(self, n: int, seed: int = 0, class_labels=None, steps: int = 1, guidance=None) -> np.ndarray:
         """``n`` samples from noise drawn with ``seed`` (see :meth:`generate`)."""
         noise = np.random.default_rng(seed).standard_normal((n, *self.sample_shape), dtype=np.float32)
-        return self.generate(noise, class_labels, steps)
+        return self.generate(noise, class_labels, steps, guidance)
 
     def latency_ms(self, batch: int = 64, repeats: int = 10, class_labels=0) -> float:
         """Median wall time of one call on a batch (after one warm-up call)."""

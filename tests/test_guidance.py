@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,3 +171,42 @@ def test_guided_trajectories_teach_the_student_each_scale(tmp_path, monkeypatch)
     after = errors()
     for w, other in ((1, 4), (4, 1)):
         assert after[w, w] < 0.2 * after[w, other] and after[w, w] < 0.1 * before[w, w], (before, after)
+
+
+def test_guided_student_exports_with_a_guidance_input_and_samples_from_the_cli(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from distill.cli import main
+    from exporters.onnx import OnnxExportConfig, export_onnx
+    from exporters.report import parity
+    from exporters.runtime import OnnxSampler
+
+    student = FlowMap.from_teacher(teacher()).add_guidance_embedding(default=2.0)
+    student.info = {**student.info, "guidance_range": [1.0, 4.0]}
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for embedding in student.guidance_embeddings:
+            embedding.mlp[-1].weight.normal_(0, 0.05)
+    for graph in ("sampler", "jump"):
+        path = tmp_path / f"{graph}.onnx"
+        metadata = export_onnx(student.eval(), path, OnnxExportConfig(graph=graph, steps=2))
+        assert metadata["inputs"][-1] == "guidance" and metadata["guidance"]["default"] == 2.0
+        runtime = OnnxSampler(path)
+        assert parity(student, runtime, graph, steps=2)[1] < 1e-5  # inputs with w drawn across [1, 4]
+    noise, labels = np.random.default_rng(0).standard_normal((3, 3, 8, 8), dtype=np.float32), np.arange(3)
+    with torch.no_grad():
+        expected = sample(student, torch.from_numpy(noise), steps=2, cond=with_scale(torch.arange(3), 3.0)).numpy()
+    np.testing.assert_allclose(runtime.generate(noise, labels, steps=2, guidance=3.0), expected, atol=1e-4)
+    plain = FlowMap.from_teacher(teacher()).eval()
+    export_onnx(plain, tmp_path / "plain.onnx", OnnxExportConfig(graph="jump"))
+    with pytest.raises(ValueError, match="guidance must be None"):
+        OnnxSampler(tmp_path / "plain.onnx").jump(noise, 0.5, 0.2, labels, guidance=2.0)
+
+    student.save_pretrained(tmp_path / "student")
+    out = tmp_path / "s.npz"
+    args = ["sample", str(tmp_path / "student"), "--steps", "1", "--n", "4", "--class", "1", "--out", str(out)]
+    assert main([*args, "--guidance", "3"]) == 0
+    assert main(["sample", str(tmp_path / "sampler.onnx"), "--n", "4", "--guidance", "3", "--out", str(out)]) == 0
+    plain.save_pretrained(tmp_path / "plain")
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "plain"), "--n", "4", "--guidance", "3", "--out", str(out)]) == 2
+    assert "was not distilled with guidance" in capsys.readouterr().err
