@@ -111,14 +111,21 @@ def _export(args: argparse.Namespace) -> dict:
     return report
 
 
+def _dry_run(config) -> dict:
+    """``--dry-run``: print the resolved config and stop."""
+    from .config import dump
+
+    print(dump(config), end="")
+    return {"config": config.name, "dry_run": True}
+
+
 def _train_teacher(args: argparse.Namespace) -> dict:
-    from .config import dump, load_config
+    from .config import load_config
     from .teachers.training import TeacherConfig, train_teacher
 
     config = load_config(TeacherConfig, args.config, "teachers", args.overrides)
     if args.dry_run:
-        print(dump(config), end="")
-        return {"config": config.name, "dry_run": True}
+        return _dry_run(config)
     output, result = train_teacher(config)
     if not args.json:
         print(f"teacher {config.name} -> {output} ({result.step} steps)")
@@ -133,8 +140,9 @@ def _eval(args: argparse.Namespace) -> dict:
     model, teacher = load_model(args.model)
     if teacher is None:
         raise ValueError(f"{args.model} does not name the teacher it was distilled from (info['teacher'])")
+    guidance = args.guidance if args.guidance is not None else getattr(model, "default_guidance", None)
     evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet,
-                            guidance=args.guidance)
+                            guidance=guidance)  # a guidance-distilled student is judged at its default scale
     if model is teacher:
         rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(args.model))
     else:  # the student beside its teacher's solvers at the same NFE
@@ -151,13 +159,11 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from .config import dump
     from .run import load_distill_config, run_distillation
 
     config = load_distill_config(args.config, args.overrides)
     if args.dry_run:
-        print(dump(config), end="")
-        return {"config": config.name, "dry_run": True}
+        return _dry_run(config)
     report = run_distillation(config)
     if not args.json:
         _print_run(report)
@@ -165,14 +171,12 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def _finetune(args: argparse.Namespace) -> dict:
-    from .config import dump
     from .evaluate import EvalRow, markdown_table
     from .finetune import finetune, load_finetune_config
 
     config = load_finetune_config(args.config, args.overrides)
     if args.dry_run:
-        print(dump(config), end="")
-        return {"config": config.name, "dry_run": True}
+        return _dry_run(config)
     report = finetune(config)
     if not args.json:
         print(f"adapter ({report['adapter_bytes'] / 1e3:.0f} kB) -> {report['adapter']}; merged teacher -> "

@@ -50,12 +50,14 @@ def test_finetune_writes_an_adapter_and_a_merged_teacher_that_distils_and_export
 
 
 def test_resuming_a_finished_finetune_trains_nothing_more(tmp_path, capsys):
-    args = ["finetune", "mnist-digits", *TINY, "eval_samples=0", f"run_dir={tmp_path / 'ft'}", "--json"]
+    args = ["finetune", "mnist-digits", *TINY, "eval_samples=0", "train.log_every=1", f"run_dir={tmp_path / 'ft'}",
+            "--json"]
     assert main(args) == 0
-    first = json.loads(capsys.readouterr().out)
-    assert main(args) == 0
-    second = json.loads(capsys.readouterr().out)
-    assert second["steps"] == 3 and second["train_seconds"] == first["train_seconds"]
+    adapter, log = tmp_path / "ft" / "adapter" / "adapter_model.safetensors", tmp_path / "ft" / "log.jsonl"
+    first, logged = adapter.read_bytes(), log.read_text()
+    assert main(args) == 0  # the run resumes at its last checkpoint: no step is logged or trained again
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 3
+    assert adapter.read_bytes() == first and log.read_text() == logged and logged.count("\n") == 3
 
 
 @pytest.mark.parametrize("override, message", [
