@@ -238,9 +238,9 @@ def plot_quality(rows: list[EvalRow], path: str | Path, metric: str | None = Non
 # ------------------------------------------------------------------------------------------------------------
 # Looking at samples
 # ------------------------------------------------------------------------------------------------------------
-def save_samples(samples: Tensor, path: str | Path, **metadata) -> Path:
+def save_samples(samples: Tensor, path: str | Path, columns: int | None = None, **metadata) -> Path:
     """Write samples as ``.npz`` (array ``samples`` plus metadata) or ``.png`` (an image grid for [N, C, H, W] in
-    [-1, 1], a scatter plot for [N, 2]).
+    [-1, 1], ``columns`` per row or near-square; a scatter plot for [N, 2]).
 
     Raises:
         ValueError: for another suffix, or a PNG of a shape that is neither images nor 2-D points.
@@ -252,7 +252,7 @@ def save_samples(samples: Tensor, path: str | Path, **metadata) -> Path:
         np.savez(path, samples=array, **{k: np.asarray(v) for k, v in metadata.items()})
     elif path.suffix == ".png":
         if array.ndim == 4 and array.shape[1] in (1, 3):
-            _image_grid(array).save(path)
+            _image_grid(array, columns=columns).save(path)
         elif array.ndim == 2 and array.shape[1] == 2:
             _scatter(array, path, str(metadata.get("title", "")))
         else:
@@ -262,12 +262,12 @@ def save_samples(samples: Tensor, path: str | Path, **metadata) -> Path:
     return path
 
 
-def _image_grid(images: np.ndarray, scale: int = 2):
-    """[N, C, H, W] in [-1, 1] -> one PIL image with the samples tiled in a near-square grid."""
+def _image_grid(images: np.ndarray, scale: int = 2, columns: int | None = None):
+    """[N, C, H, W] in [-1, 1] -> one PIL image with the samples tiled ``columns`` per row (default: near-square)."""
     from PIL import Image
 
     n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.zeros((rows * (h + 2) + 2, cols * (w + 2) + 2, c), dtype=np.uint8)
     pixels = ((images.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)  # [N, H, W, C]
