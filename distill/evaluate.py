@@ -22,9 +22,8 @@ from .data import Dataset, class_cycle, load_dataset, teacher_samples
 from .solvers import SOLVERS, sample, solver_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
-# feature networks for FD, by (data, size); 16x16 scikit-learn digits are judged by the MNIST classifier's features
 CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8",
-                       ("digits", 16): "mnist16"}
+                       ("digits", 16): "digits16"}
 REFERENCE_SOLVER, REFERENCE_STEPS = "dpmpp2m", 64  # the accurate solution fidelity is measured against
 
 

@@ -1,6 +1,7 @@
 """Train the bundled feature classifiers that the metrics use (FD features, confidence, class balance).
 
-    python scripts/train_classifiers.py            # writes distill/assets/classifiers/{mnist16,digits8}/
+    python scripts/train_classifiers.py            # writes distill/assets/classifiers/{mnist16,digits8,digits16}/
+    python scripts/train_classifiers.py digits16   # only that one
 
 Each is trained on a seeded 80% split and its accuracy on the held-out 20% goes in its card.
 """
@@ -8,6 +9,7 @@ Each is trained on a seeded 80% split and its accuracy on the held-out 20% goes 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -56,14 +58,19 @@ def train_one(name: str, data, epochs: int, seed: int = 0) -> dict:
             "train_size": len(train), "holdout_size": len(holdout), "holdout_accuracy": round(accuracy, 4),
             "holdout_confident_share": round(confident_share(probabilities), 4), "epochs": epochs,
             "train_seconds": round(time.perf_counter() - start, 1),
-            "command": "python scripts/train_classifiers.py"}
+            "command": f"python scripts/train_classifiers.py {name}"}
     (folder / "card.json").write_text(json.dumps(card, indent=2))
     return card
 
 
+# name -> (data, epochs); digits16 judges teachers adapted to the digits at MNIST's 16x16 (distill finetune)
+CLASSIFIERS = {"mnist16": (lambda: mnist(16), 80), "digits8": (digits, 60), "digits16": (lambda: digits(16), 60)}
+
+
 def main() -> None:
-    for name, data, epochs in (("mnist16", mnist(16), 80), ("digits8", digits(), 60)):
-        card = train_one(name, data, epochs)
+    for name in sys.argv[1:] or CLASSIFIERS:
+        data, epochs = CLASSIFIERS[name]
+        card = train_one(name, data(), epochs)
         print(f"{name}: held-out accuracy {card['holdout_accuracy']:.4f} on {card['holdout_size']} images, "
               f"confident share {card['holdout_confident_share']:.4f} ({card['train_seconds']} s) "
               f"-> {Path(CLASSIFIER_DIR / name)}")
