@@ -94,11 +94,8 @@ def adaptation_data(teacher, config: FinetuneDataConfig) -> Dataset:
 def finetune(config: FinetuneConfig) -> dict:
     """Train the adapters (resuming a killed run), save ``adapter/`` and the merged ``teacher/``, judge both
     teachers on the new data; returns the report."""
-    from .lora import LoraSettings, add_teacher_lora, merge_network_lora, write_adapter
-    from .students import _network
+    from .lora import LoraSettings, add_teacher_lora
     from .teachers import load_teacher
-    from .teachers.loading import INFO_FILE
-    from .teachers.training import save_teacher
 
     run_dir = Path(config.run_dir.format(name=config.name))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,18 +112,11 @@ def finetune(config: FinetuneConfig) -> dict:
     result = train(teacher, DenoisingLoss(objective), data, config.train, run_dir)
     teacher.load_state_dict(ema_state_dict(teacher, result.ema[config.train.ema_decays[0]]))
     teacher.requires_grad_(False).eval()
-
     data_info = {"name": config.data.name or teacher.info["data"]["name"], "size": teacher.sample_shape[-1],
                  **({"classes": config.data.classes} if config.data.classes else {})}
-    info = {**teacher.info, "name": config.name, "data": data_info, "adapted_from": config.teacher,
-            "description": f"{config.teacher} adapted to {data.name} with LoRA (rank {settings.rank})"}
-    adapter = run_dir / "adapter"
-    write_adapter(_network(teacher), settings, adapter)
-    (adapter / INFO_FILE).write_text(json.dumps(info, indent=2))
-    merge_network_lora(_network(teacher))
-    output = save_teacher(teacher, run_dir / "teacher")
-    (output / INFO_FILE).write_text(json.dumps(info, indent=2))
-    teacher.info = info
+    teacher.info = {**teacher.info, "name": config.name, "data": data_info, "adapted_from": config.teacher,
+                    "description": f"{config.teacher} adapted to {data.name} with LoRA (rank {settings.rank})"}
+    adapter, output = save_adapted(teacher, settings, run_dir)
     report = {"teacher": str(output), "adapter": str(adapter), "base": config.teacher, "steps": result.step,
               "train_seconds": round(result.seconds, 1),
               "adapter_bytes": sum(f.stat().st_size for f in adapter.iterdir()),
@@ -134,6 +124,23 @@ def finetune(config: FinetuneConfig) -> dict:
               "eval": judge(load_teacher(config.teacher), teacher, data_info, config) if config.eval_samples else None}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def save_adapted(teacher, settings, run_dir: Path) -> tuple[Path, Path]:
+    """``run_dir/adapter`` (PEFT's folder) and, with the adapters merged in (in place), ``run_dir/teacher``; both
+    carry the adapted teacher's info."""
+    from .lora import merge_network_lora, write_adapter
+    from .students import _network
+    from .teachers.loading import INFO_FILE
+    from .teachers.training import save_teacher
+
+    adapter = run_dir / "adapter"
+    write_adapter(_network(teacher), settings, adapter)
+    merge_network_lora(_network(teacher))
+    output = save_teacher(teacher, run_dir / "teacher")
+    for folder in (adapter, output):
+        (folder / INFO_FILE).write_text(json.dumps(teacher.info, indent=2))
+    return adapter, output
 
 
 def judge(base, adapted, data_info: dict, config: FinetuneConfig) -> dict:
