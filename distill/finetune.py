@@ -103,9 +103,8 @@ def finetune(config: FinetuneConfig) -> dict:
     teacher = load_teacher(config.teacher)
     data = adaptation_data(teacher, config.data)
     objective = config.denoising(teacher.info.get("null_label") if data.labels is not None else None)
-    settings = LoraSettings(**config.lora)
     torch.manual_seed(config.train.seed)
-    add_teacher_lora(teacher, settings)
+    settings = add_teacher_lora(teacher, LoraSettings(**config.lora))
     print(f"{config.name}: LoRA on {config.teacher}, {len(data)} samples of {data.name}, "
           f"{sum(p.numel() for p in teacher.parameters() if p.requires_grad):,} trainable parameters -> {run_dir}",
           file=sys.stderr, flush=True)

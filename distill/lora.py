@@ -16,16 +16,19 @@ transformers). Neither carries the gap embedding, which lives beside them in ``g
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from torch import nn
 
 from .students import STUDENT_FILE, FlowMap, _network
 
-# A diffusers UNet's attention projections and each resnet's second convolution: on the bundled MNIST UNet, rank 4
-# makes an adapter (with the gap embedding) of 4.5% of the network's parameters.
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv2")
+# Default targets by network class. A UNet: each resnet's two convolutions and the projection of the time embedding
+# into it, through which the gap embedding acts (at equal size, the best of the adapters measured on the MNIST
+# student; README, LoRA). Other networks (the transformers): the attention projections.
+UNET_TARGETS = ("conv1", "conv2", "time_emb_proj")
+DEFAULT_TARGETS = {"UNet2DModel": UNET_TARGETS, "UNet2DConditionModel": UNET_TARGETS}
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 PEFT_PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained writes
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -33,19 +36,26 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 @dataclass
 class LoraSettings:
     """LoRA adapters: ``rank`` r, ``alpha`` (scale alpha / r; ``None``: alpha = r), ``target_modules`` (module name
-    suffixes, PEFT's matching), ``dropout``."""
+    suffixes, PEFT's matching; ``None``: the network's defaults, ``DEFAULT_TARGETS``), ``dropout``."""
 
     rank: int = 4
     alpha: float | None = None
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    target_modules: tuple[str, ...] | None = None
     dropout: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
-        self.target_modules = tuple(self.target_modules)
-        if not self.target_modules:
-            raise ValueError("LoRA target_modules is empty: name the layers to adapt (e.g. to_q, conv1)")
+        if self.target_modules is not None:
+            self.target_modules = tuple(self.target_modules)
+            if not self.target_modules:
+                raise ValueError("LoRA target_modules is empty: name the layers to adapt (e.g. to_q, conv1)")
+
+    def for_network(self, network: nn.Module) -> LoraSettings:
+        """These settings with the targets resolved for ``network`` (its class's defaults when unset)."""
+        if self.target_modules is not None:
+            return self
+        return replace(self, target_modules=DEFAULT_TARGETS.get(type(network).__name__, ATTENTION_TARGETS))
 
     def peft_config(self):
         from peft import LoraConfig
@@ -64,34 +74,35 @@ def _check_targets(network: nn.Module, settings: LoraSettings) -> None:
                          f"its linear and convolution layers end in: {', '.join(leaves)}")
 
 
-def inject_lora(network: nn.Module, settings: LoraSettings) -> None:
-    """Add PEFT LoRA layers to ``network``'s target modules (in place); they start at zero (PEFT's B = 0)."""
+def inject_lora(network: nn.Module, settings: LoraSettings) -> LoraSettings:
+    """Add PEFT LoRA layers to ``network``'s target modules (in place); they start at zero (PEFT's B = 0). Returns
+    the settings with the targets resolved."""
     from peft import inject_adapter_in_model
 
+    settings = settings.for_network(network)
     _check_targets(network, settings)
     inject_adapter_in_model(settings.peft_config(), network)
+    return settings
 
 
 def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
     """Inject LoRA adapters into a ``from_teacher`` student's network (in place) and freeze everything else but the
     gap (and guidance) embeddings. The adapters start at zero, so the student's outputs do not change."""
-    settings = settings or LoraSettings()
     if not student.gap_embeddings:
         raise ValueError("LoRA adapts a student built on a teacher's network (FlowMap.from_teacher)")
-    inject_lora(_network(student.base), settings)
+    student.lora = inject_lora(_network(student.base), settings or LoraSettings())
     for name, parameter in student.named_parameters():
         parameter.requires_grad_("lora_" in name or name.startswith(("gap_embeddings.", "guidance_embeddings.")))
-    student.lora = settings
     return student
 
 
-def add_teacher_lora(teacher, settings: LoraSettings | None = None):
+def add_teacher_lora(teacher, settings: LoraSettings | None = None) -> LoraSettings:
     """Inject LoRA adapters into a network teacher (in place) and freeze everything else: fine-tuning a teacher to
-    new data (``distill finetune``)."""
-    inject_lora(_network(teacher), settings or LoraSettings())
+    new data (``distill finetune``). Returns the settings with the targets resolved."""
+    settings = inject_lora(_network(teacher), settings or LoraSettings())
     for name, parameter in teacher.named_parameters():
         parameter.requires_grad_("lora_" in name)
-    return teacher
+    return settings
 
 
 def adapter_state(network: nn.Module) -> dict:
