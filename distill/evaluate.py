@@ -65,8 +65,7 @@ class Evaluation:
     """
 
     def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | dict | None = None,
-                 progress: bool = True,
-                 guidance: float | None = None):
+                 progress: bool = True, guidance: float | None = None):
         if teacher.sample_shape is None:
             raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
         if guidance is not None:
