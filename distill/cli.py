@@ -76,15 +76,13 @@ def _sample_onnx(args: argparse.Namespace) -> dict:
     """``distill sample MODEL.onnx``: the exported graph in ONNX Runtime (``exporters.runtime``, no PyTorch)."""
     from exporters.runtime import OnnxSampler
 
+    from .data import class_cycle
     from .evaluate import save_samples
 
     runtime = OnnxSampler(args.model, providers=args.providers)
-    classes = runtime.metadata.get("num_classes")
-    labels = None
+    labels = class_cycle(runtime.metadata, args.n)  # a class-conditional model: every class in turn
     if args.class_label is not None:
         labels = [args.class_label] * args.n
-    elif classes:
-        labels = list(range(classes)) * (args.n // classes) + list(range(args.n % classes))
     steps = runtime.metadata.get("steps") or args.steps
     start = time.perf_counter()
     x = runtime.sample(args.n, seed=args.seed, class_labels=labels, steps=steps, guidance=args.guidance)

@@ -43,6 +43,14 @@ def build(cls: type[C], data: dict | None = None, where: str = "") -> C:
         raise ConfigError(f"{where or cls.__name__}: {error}") from error
 
 
+def check_keys(values: dict, cls: type, where: str) -> None:
+    """A config section kept as a plain dict (built into ``cls`` later): fail on a key that is not a field of it."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ValueError(f"unknown key '{where}.{unknown[0]}'; use one of {', '.join(fields)}")
+
+
 def _coerce(hint, value, path: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import build, dump
+from .config import build, check_keys, dump
 from .data import Dataset, load_dataset
 from .objectives.denoising import DenoisingConfig, DenoisingLoss
 from .train import TrainConfig, ema_state_dict, train
@@ -55,11 +55,8 @@ class FinetuneConfig:
     def __post_init__(self):
         from .lora import LoraSettings
 
-        for section, values, cls in (("lora", self.lora, LoraSettings), ("objective", self.objective, DenoisingConfig)):
-            fields = cls.__dataclass_fields__
-            unknown = [k for k in values if k not in fields]
-            if unknown:
-                raise ValueError(f"unknown key '{section}.{unknown[0]}'; use one of {', '.join(fields)}")
+        check_keys(self.lora, LoraSettings, "lora")
+        check_keys(self.objective, DenoisingConfig, "objective")
         LoraSettings(**self.lora)
 
     def denoising(self, null_label: int | None) -> DenoisingConfig:

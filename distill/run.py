@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, build, dump
+from .config import ConfigError, build, check_keys, dump
 from .data import Dataset, class_cycle, load_dataset
 from .nets import NETWORKS
 from .objectives import OBJECTIVES
@@ -40,10 +40,7 @@ class StudentConfig:
         if self.lora:
             from .lora import LoraSettings
 
-            fields = LoraSettings.__dataclass_fields__
-            unknown = [k for k in self.lora if k not in fields]
-            if unknown:
-                raise ValueError(f"unknown key 'student.lora.{unknown[0]}'; use one of {', '.join(fields)}")
+            check_keys(self.lora, LoraSettings, "student.lora")
             LoraSettings(**self.lora)  # rank and targets checked before any weights load
         if self.weights not in ("ema", "raw"):
             raise ValueError(f"student.weights must be 'ema' or 'raw', got {self.weights!r}")

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from distill.conventions import per_example
+
 GRAPHS = ("sampler", "jump")
 EXPORTERS = ("dynamo", "torchscript")
 CONVENTION = ("rectified flow: x_t = (1 - t) x_data + t noise, t = 0 data, t = 1 noise; "
@@ -97,19 +99,14 @@ def _on_teacher_network(student) -> bool:
     return isinstance(student.base, NetworkTeacher)
 
 
-def _expand(value: Tensor, like: Tensor) -> Tensor:
-    """A scalar or [B] value broadcast over ``like`` [B, ...]."""
-    return value.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def teacher_network_jump(student, x: Tensor, scalars: dict[str, Tensor], cond: Tensor | None,
                          guidance: Tensor | None = None) -> Tensor:
     """``p x + q net(c_in x, timestep, gap (, w))`` for a student on a teacher's network; per-example scalars are
     [B] tensors or float32 scalars; ``guidance`` [B]: a guidance-conditioned student's scale."""
     batch = x.shape[0]
     with student.embedding_inputs(scalars["gap"].expand(batch), guidance):
-        out = student.base.call_network(x * _expand(scalars["c_in"], x), scalars["timestep"].expand(batch), cond)
-    return _expand(scalars["p"], x) * x + _expand(scalars["q"], x) * out.to(x.dtype)
+        out = student.base.call_network(x * per_example(scalars["c_in"], x), scalars["timestep"].expand(batch), cond)
+    return per_example(scalars["p"], x) * x + per_example(scalars["q"], x) * out.to(x.dtype)
 
 
 FLOAT_COPY = "float_copy"  # name scope of the network copy that stays float in a mixed-precision sampler
@@ -147,7 +144,7 @@ class SamplerGraph(nn.Module):
                 x = teacher_network_jump(network, x, scalars, class_labels, guidance)
             else:
                 t, s = self.step_t[k].expand(x.shape[0]), self.step_s[k].expand(x.shape[0])
-                x = x + _expand(s - t, x) * network(x, t, s, class_labels)
+                x = x + per_example(s - t, x) * network(x, t, s, class_labels)
         return x
 
 
@@ -188,7 +185,7 @@ class JumpGraph(nn.Module):
     def forward(self, x: Tensor, t: Tensor, s: Tensor, class_labels: Tensor | None = None,
                 guidance: Tensor | None = None) -> Tensor:
         if not self.on_network:
-            return x + _expand(s - t, x) * self.student.base(x, t, s, class_labels)
+            return x + per_example(s - t, x) * self.student.base(x, t, s, class_labels)
         scalars = jump_scalars(*self._interpolate(t).unbind(1), t, s)
         return teacher_network_jump(self.student, x, scalars, class_labels, guidance)
 

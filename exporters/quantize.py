@@ -93,12 +93,14 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantizeConfig,
         exclude = _separate_float_copy(src, separated)  # nodes of the float copy stay float32 in every mode
         if config.precision == "fp16":
             _to_fp16(separated, dst, exclude)
-        elif config.precision == "int8-dynamic":
-            _to_int8_dynamic(separated, dst, config, exclude)
         else:
-            if config.precision == "int8-mixed":
-                exclude += _least_faithful(separated, feeds, config, exclude)
-            _to_int8_static(separated, dst, config, feeds, exclude)
+            pre = _preprocessed(separated, Path(folder))
+            if config.precision == "int8-dynamic":
+                _to_int8_dynamic(pre, dst, config, exclude)
+            else:
+                if config.precision == "int8-mixed":
+                    exclude += _least_faithful(pre, feeds, config, exclude)
+                _to_int8_static(pre, dst, config, feeds, exclude)
     metadata = read_metadata(src) | {"precision": config.precision}
     write_metadata(dst, metadata)
     return dst
@@ -123,24 +125,23 @@ def _preprocessed(src: Path, folder: Path) -> Path:
     return path
 
 
-def _to_int8_dynamic(src: Path, dst: Path, config: QuantizeConfig, exclude: list[str]) -> None:
+def _to_int8_dynamic(pre: Path, dst: Path, config: QuantizeConfig, exclude: list[str]) -> None:
+    """``pre``: a model after :func:`_preprocessed`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as folder:
-        quantize_dynamic(str(_preprocessed(src, Path(folder))), str(dst), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
-                         nodes_to_exclude=exclude)
+    quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(config.op_types),
+                     per_channel=config.per_channel, nodes_to_exclude=exclude)
 
 
-def _to_int8_static(src: Path, dst: Path, config: QuantizeConfig, feeds: list[dict[str, np.ndarray]],
+def _to_int8_static(pre: Path, dst: Path, config: QuantizeConfig, feeds: list[dict[str, np.ndarray]],
                     exclude: list[str]) -> None:
+    """``pre``: a model after :func:`_preprocessed`."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    with tempfile.TemporaryDirectory() as folder:
-        quantize_static(str(_preprocessed(src, Path(folder))), str(dst), _reader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    quantize_static(str(pre), str(dst), _reader(feeds), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
 def _separate_float_copy(src: Path, dst: Path) -> list[str]:
@@ -175,10 +176,11 @@ def _separate_float_copy(src: Path, dst: Path) -> list[str]:
     return [n.name for n in float_nodes]
 
 
-def _least_faithful(src: Path, feeds: list[dict[str, np.ndarray]], config: QuantizeConfig,
+def _least_faithful(pre: Path, feeds: list[dict[str, np.ndarray]], config: QuantizeConfig,
                     excluded: list[str]) -> list[str]:
     """Names of the quantised nodes whose outputs have the lowest signal-to-quantisation-noise ratio (float model
-    versus a fully quantised one on the calibration inputs), ``keep_float_share`` of them."""
+    versus a fully quantised one on the calibration inputs), ``keep_float_share`` of them; ``pre``: a model after
+    :func:`_preprocessed`."""
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
@@ -190,9 +192,8 @@ def _least_faithful(src: Path, feeds: list[dict[str, np.ndarray]], config: Quant
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         quantized = folder / "all.onnx"
-        _to_int8_static(src, quantized, config, feeds, excluded)
+        _to_int8_static(pre, quantized, config, feeds, excluded)
         float_debug, quant_debug = folder / "float_debug.onnx", folder / "quant_debug.onnx"
-        pre = _preprocessed(src, folder)
         types = list(config.op_types)  # only the quantised operators' outputs, on a small slice: memory stays low
         modify_model_output_intermediate_tensors(str(pre), str(float_debug), op_types_for_saving=types)
         modify_model_output_intermediate_tensors(str(quantized), str(quant_debug), op_types_for_saving=types)

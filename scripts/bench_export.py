@@ -42,6 +42,7 @@ def ratios(report: dict) -> list[dict]:
 
 def torchao_rows(student_path: str, steps: int, samples: int, compile_: bool, batch: int) -> list[dict]:
     """Eager fp32 beside torchao int8 (dynamic, weight-only), compiled or not: latency ratio and FD ratio."""
+    from distill.data import class_cycle
     from distill.evaluate import Evaluation
     from distill.solvers import sample
     from distill.students import load_model
@@ -51,7 +52,7 @@ def torchao_rows(student_path: str, steps: int, samples: int, compile_: bool, ba
     student.eval().requires_grad_(False)
     evaluation = Evaluation(teacher, samples=samples, progress=False)
     noise = torch.randn(batch, *student.sample_shape, generator=torch.Generator().manual_seed(7))
-    labels = torch.arange(batch) % 10
+    labels = class_cycle(student.info, batch)
     models = {"fp32": student}
     for mode in ("int8-dynamic", "int8-weight"):
         model, _ = load_model(student_path)
