@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .student_outputs import student_class
 from .students import STUDENT_FILE, FlowMap, _network
 
 # Default targets by network class. A UNet: each resnet's two convolutions and the projection of the time embedding
@@ -131,7 +132,8 @@ def save_adapter(student: FlowMap, folder: str | Path) -> Path:
     folder = Path(folder)
     write_adapter(_network(student.base), settings, folder)
     student.save_embeddings(folder)
-    spec = {"kind": "lora", "lora": asdict(settings), "info": student.info, **student.guidance_spec()}
+    spec = {"kind": "lora", "output": student.output_rule, "lora": asdict(settings), "info": student.info,
+            **student.guidance_spec()}
     (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
     return folder
 
@@ -146,7 +148,7 @@ def load_adapter(folder: str | Path, teacher) -> FlowMap:
         raise FileNotFoundError(f"{folder} holds no LoRA adapter (adapter_model.safetensors missing)")
     spec = json.loads((folder / STUDENT_FILE).read_text())
     settings = LoraSettings(**spec["lora"])
-    student = add_lora(FlowMap.from_teacher(teacher), settings)
+    student = add_lora(student_class(spec.get("output", FlowMap.output_rule)).from_teacher(teacher), settings)
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
     result = set_peft_model_state_dict(_network(student.base), state)
     unexpected = getattr(result, "unexpected_keys", [])

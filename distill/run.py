@@ -15,7 +15,8 @@ from .config import ConfigError, build, check_keys, dump
 from .data import Dataset, class_cycle, load_dataset
 from .nets import NETWORKS
 from .objectives import OBJECTIVES
-from .students import FlowMap
+from .student_outputs import PreconditionedFlowMap, student_class
+from .students import FlowMap, jump_gains
 from .train import TrainConfig, ema_state_dict, train
 
 STUDENT_KINDS = ("from_teacher", "lora", *[name for name in NETWORKS if name.startswith("TwoTime")])
@@ -27,16 +28,24 @@ class StudentConfig:
     (the same with the network frozen and PEFT LoRA adapters trained; ``lora`` holds ``distill.lora.LoraSettings``'
     fields: rank, alpha, target_modules, dropout) or a built-in two-time network (``TwoTimeMLP``, ``TwoTimeUNet``)
     built from ``network``'s arguments. ``weights``: what is saved as the student: ``ema`` (the first of
-    ``train.ema_decays``) or ``raw``."""
+    ``train.ema_decays``) or ``raw``. ``output``: how a student on the teacher's network reads its output
+    (``distill.student_outputs.OUTPUT_RULES``: ``teacher``, ``velocity``, ``data``, ``preconditioned``); ``auto``
+    keeps the teacher's own rule unless a jump of the 1-, 2- or 4-step grid would amplify the network's error by more
+    than 2 (an epsilon teacher), and then takes ``preconditioned``."""
 
     kind: str = "from_teacher"
     network: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
     weights: str = "ema"
+    output: str = "auto"
 
     def __post_init__(self):
+        from .student_outputs import OUTPUT_RULES
+
         if self.kind not in STUDENT_KINDS:
             raise ValueError(f"unknown student kind {self.kind!r}; use one of {', '.join(STUDENT_KINDS)}")
+        if self.output != "auto" and self.output not in OUTPUT_RULES:
+            raise ValueError(f"unknown student.output {self.output!r}; use auto or one of {', '.join(OUTPUT_RULES)}")
         if self.lora:
             from .lora import LoraSettings
 
@@ -133,7 +142,7 @@ def build_student(teacher, config: StudentConfig, teacher_spec: str,
     """A student for ``teacher``; its info records the teacher it was distilled from (``distill eval`` reads it).
     With a ``guidance_range`` it takes the guidance scale as an input (default: the range's lower end)."""
     if config.kind in ("from_teacher", "lora"):
-        student = FlowMap.from_teacher(teacher)
+        student = student_class(output_rule(teacher, config.output)).from_teacher(teacher)
         if guidance_range is not None:
             student.add_guidance_embedding(default=guidance_range[0])
         if config.kind == "lora":
@@ -150,6 +159,18 @@ def build_student(teacher, config: StudentConfig, teacher_spec: str,
     if guidance_range is not None:
         student.info["guidance_range"] = list(guidance_range)
     return student
+
+
+def output_rule(teacher, choice: str = "auto", max_gain: float = 2.0) -> str:
+    """The student output rule for ``teacher``: ``choice`` itself, or for ``auto`` the teacher's own rule when its
+    largest jump gain on the 1-, 2- and 4-step grids is at most ``max_gain``, else ``preconditioned``."""
+    if choice != "auto":
+        return choice
+    from .solvers import time_grid
+
+    probe = FlowMap.from_teacher(teacher)
+    gains = [float(gain) for steps in (1, 2, 4) for gain in jump_gains(probe, time_grid(teacher, steps))]
+    return FlowMap.output_rule if max(gains) <= max_gain else PreconditionedFlowMap.output_rule
 
 
 def distillation_data(teacher, config: DistillDataConfig) -> Dataset:

@@ -156,7 +156,29 @@ class FlowMap(nn.Module):
         if not isinstance(self.base, NetworkTeacher):
             return self.base(x, t.to(x.dtype).to(x.device), s.to(x.dtype).to(x.device), cond)
         with self.embedding_inputs(t - s, self.default_guidance if guidance is None else guidance):
-            return self.base.velocity(x, t, cond)
+            return self.velocity_from_output(self.base(x, t, cond, raw=True), x, t)
+
+    # --- the output rule: how the network's raw output becomes F (one method per student class) ----------------
+    output_rule = "teacher"  # the name student.json and the config record (OUTPUT_RULES)
+
+    def velocity_from_output(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """``F`` from the network's raw output ``out`` at canonical ``(x, t)``: here the teacher's own conversion
+        (``F(x, t, t) = v_teacher`` at initialisation). Linear in ``(x, out)`` at fixed ``t``."""
+        return self.base.parameterization.velocity(out, x, t)
+
+    def output_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """float64 [N] ``(a, b)`` with ``F(x, t, s) = a x + b out``, read off :meth:`velocity_from_output` (linear
+        at fixed ``t``). The jump ``X = x + (s - t) F`` amplifies an error in ``out`` by ``|(s - t) b|``."""
+        t = t.to(torch.float64)
+        ones, zeros = torch.ones(len(t), 1, dtype=torch.float64), torch.zeros(len(t), 1, dtype=torch.float64)
+        if not isinstance(self.base, NetworkTeacher):  # a two-time network outputs F itself
+            return zeros[:, 0], ones[:, 0]
+        a = self.velocity_from_output(zeros, ones, t)[:, 0]
+        b = self.velocity_from_output(ones, zeros, t)[:, 0]
+        mixed = self.velocity_from_output(2 * ones, 3 * ones, t)[:, 0]
+        if not torch.allclose(mixed, 3 * a + 2 * b, rtol=1e-9, atol=1e-12):
+            raise ValueError(f"{type(self).__name__}'s output rule is not linear in the network output")
+        return a, b
 
     @contextmanager
     def embedding_inputs(self, gap: Tensor, guidance: Tensor | float | None = None):
@@ -208,8 +230,8 @@ class FlowMap(nn.Module):
             self.base.save_pretrained(folder / "network")
             (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
             self.save_embeddings(folder)
-            spec = {"kind": "from_teacher", "hooked_modules": self.hooked_modules, "info": self.info,
-                    **self.guidance_spec()}
+            spec = {"kind": "from_teacher", "output": self.output_rule, "hooked_modules": self.hooked_modules,
+                    "info": self.info, **self.guidance_spec()}
         else:
             if type(self.base).__name__ not in NETWORKS:
                 raise ValueError(f"only built-in networks ({', '.join(NETWORKS)}) can be saved this way")
@@ -250,6 +272,14 @@ class FlowMap(nn.Module):
         return self.average_velocity(x, t, r, cond)
 
 
+def jump_gains(student: FlowMap, times: Tensor) -> Tensor:
+    """How much each jump ``times[k] -> times[k + 1]`` amplifies an error in the network's raw output: ``|q|`` of
+    ``X = p x + q out``, ``q = (s - t) b(t)`` (:meth:`FlowMap.output_coefficients`). float64 [K]. A student that
+    keeps an epsilon teacher's output has ``|q| ~ (t - s) / (1 - t)`` on its first jump: over a hundred for a DDPM."""
+    times = times.to(torch.float64)
+    return ((times[:-1] - times[1:]) * student.output_coefficients(times[:-1])[1]).abs()
+
+
 def _write_scheduler_config(folder: Path) -> None:
     """A ``scheduler/`` folder that ``FlowMapEulerDiscreteScheduler.from_pretrained`` loads: its step,
     ``x_r = x_t - (t - r) F``, is this student's jump in canonical time (``timestep = 1000 t``)."""
@@ -285,7 +315,9 @@ def load_student(folder: str | Path, teacher=None) -> FlowMap:
                           sample_shape=tuple(spec["sample_shape"]) or None)
         student.info = spec["info"]
         return student
-    student = FlowMap(load_folder(folder / "network"))
+    from .student_outputs import student_class
+
+    student = student_class(spec.get("output", FlowMap.output_rule))(load_folder(folder / "network"))
     student.load_embeddings(folder, spec)
     return student
 

@@ -72,19 +72,13 @@ class OnnxExportConfig:
 
 
 # --- the jump as scalars times tensors ------------------------------------------------------------------------
-def velocity_coefficients(teacher, t: Tensor) -> dict[str, Tensor]:
-    """float64 [N] scalars of a teacher network's velocity at canonical ``t``: ``v = a x + b out`` with
-    ``out = net(c_in x, timestep)`` (``Parameterization.model_input`` and ``.velocity``, both linear at fixed ``t``)."""
-    parameterization = teacher.parameterization
+def velocity_coefficients(student, t: Tensor) -> dict[str, Tensor]:
+    """float64 [N] scalars of a student on a teacher's network at canonical ``t``: ``F = a x + b out`` with
+    ``out = net(c_in x, timestep)`` (the teacher's ``Parameterization.model_input`` and the student's output rule,
+    ``FlowMap.output_coefficients``; both linear at fixed ``t``)."""
     t = t.to(torch.float64)
-    ones, zeros = torch.ones(len(t), 1, dtype=torch.float64), torch.zeros(len(t), 1, dtype=torch.float64)
-    c_in, timestep = parameterization.model_input(ones, t)
-    a = parameterization.velocity(zeros, ones, t)[:, 0]
-    b = parameterization.velocity(ones, zeros, t)[:, 0]
-    mixed = parameterization.velocity(2 * ones, 3 * ones, t)[:, 0]  # linear: 3a + 2b
-    if not torch.allclose(mixed, 3 * a + 2 * b, rtol=1e-9, atol=1e-12):
-        raise ValueError(f"the {parameterization.prediction_type!r} parameterization is not linear in the network "
-                         "output; this exporter cannot bake it")
+    c_in, timestep = student.base.parameterization.model_input(torch.ones(len(t), 1, dtype=torch.float64), t)
+    a, b = student.output_coefficients(t)
     return {"c_in": c_in[:, 0], "timestep": timestep, "a": a, "b": b}
 
 
@@ -127,7 +121,7 @@ class SamplerGraph(nn.Module):
         self.float_copy = copy.deepcopy(self.student) if self.float_steps else None
         pairs = (times[:-1], times[1:])
         if self.on_network:
-            scalars = jump_scalars(**velocity_coefficients(student.base, pairs[0]), t=pairs[0], s=pairs[1])
+            scalars = jump_scalars(**velocity_coefficients(student, pairs[0]), t=pairs[0], s=pairs[1])
         else:
             scalars = {"t": pairs[0], "s": pairs[1]}
         for name, values in scalars.items():
@@ -149,13 +143,11 @@ class SamplerGraph(nn.Module):
 
 
 def step_gains(student, times: Tensor) -> list[float]:
-    """How much each jump of the grid amplifies an error in the network's raw output: ``|q|`` of ``X = p x + q out``
-    (``|s - t|`` for a network that outputs ``F`` itself). An epsilon-predicting network's first jump from ``t_max``
-    has ``|q| ~ (t - s) / (1 - t)``: over a hundred for a DDPM, so quantisation noise there ruins the sample."""
-    if not _on_teacher_network(student):
-        return (times[:-1] - times[1:]).abs().tolist()
-    coefficients = velocity_coefficients(student.base, times[:-1])
-    return jump_scalars(**coefficients, t=times[:-1], s=times[1:])["q"].abs().tolist()
+    """How much each jump of the grid amplifies an error in the network's raw output (``distill.students.jump_gains``):
+    quantisation noise on a step with a large gain ruins the sample."""
+    from distill.students import jump_gains
+
+    return jump_gains(student, times).tolist()
 
 
 class JumpGraph(nn.Module):
@@ -171,7 +163,7 @@ class JumpGraph(nn.Module):
         if self.on_network:
             # t = 0 is left out: a sample-predicting network gives no velocity there (X(x, 0, 0) = x anyway).
             grid = torch.linspace(max(student.t_min, 1e-5), student.t_max, table_size, dtype=torch.float64)
-            columns = list(velocity_coefficients(student.base, grid).values())  # c_in, timestep, a, b
+            columns = list(velocity_coefficients(student, grid).values())  # c_in, timestep, a, b
             self.register_buffer("table_t", grid.to(torch.float32), persistent=False)
             self.register_buffer("table", torch.stack(columns, 1).to(torch.float32), persistent=False)  # [N, 4]
 

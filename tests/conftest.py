@@ -20,12 +20,12 @@ def private_cache(tmp_path_factory):
         os.environ["DISTILL_CACHE"] = previous
 
 
-def tiny_unet(num_class_embeds: int | None = None):
+def tiny_unet(num_class_embeds: int | None = None, channels: int = 3):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
     return UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+        sample_size=8, in_channels=channels, out_channels=channels, layers_per_block=1, block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=4, attention_head_dim=8, num_class_embeds=num_class_embeds,
     )

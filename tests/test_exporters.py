@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from distill.nets import TwoTimeMLP  # noqa: E402
+from distill.student_outputs import PreconditionedFlowMap  # noqa: E402
 from distill.students import FlowMap  # noqa: E402
 from distill.teachers import DiffusersTeacher  # noqa: E402
 from exporters.onnx import OnnxExportConfig, export_onnx, read_metadata, step_gains  # noqa: E402
@@ -23,11 +24,11 @@ from exporters.runtime import OnnxSampler  # noqa: E402
 from .conftest import tiny_unet  # noqa: E402
 
 
-def unet_student() -> FlowMap:
+def unet_student(student_class: type[FlowMap] = FlowMap) -> FlowMap:
     """A class-conditional epsilon-prediction DDPM student whose gap embedding is not zero (so it matters)."""
     from diffusers import DDPMScheduler
 
-    student = FlowMap.from_teacher(DiffusersTeacher(tiny_unet(num_class_embeds=10), DDPMScheduler()))
+    student = student_class.from_teacher(DiffusersTeacher(tiny_unet(num_class_embeds=10), DDPMScheduler()))
     student.info = {"num_classes": 10, "name": "tiny"}
     torch.manual_seed(1)
     with torch.no_grad():
@@ -41,7 +42,8 @@ def mlp_student() -> FlowMap:
     return FlowMap(TwoTimeMLP(dim=2, hidden=32, depth=2), sample_shape=(2,)).eval()
 
 
-STUDENTS = {"unet": unet_student, "mlp": mlp_student}
+STUDENTS = {"unet": unet_student, "mlp": mlp_student,
+            "unet-preconditioned": lambda: unet_student(PreconditionedFlowMap)}  # another output rule, same graphs
 
 
 @pytest.fixture(scope="module")

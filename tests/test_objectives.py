@@ -16,6 +16,8 @@ from distill.objectives import (
     ContinuousConsistency,
     ContinuousConsistencyConfig,
     CTMConfig,
+    DistributionMatching,
+    DMDConfig,
     EulerianMap,
     EulerianMapConfig,
     LagrangianMap,
@@ -151,6 +153,7 @@ ALL_OBJECTIVES = {
     "consistency": lambda g: ConsistencyDistillation(g),
     "ctm": lambda g: CTM(g),
     "progressive": lambda g: Progressive(g, ProgressiveConfig(start_steps=4, steps_per_round=1)),
+    "dmd": lambda g: DistributionMatching(g, DMDConfig(trajectories=1)),
 }
 
 

@@ -39,12 +39,20 @@ sys.exit(main(["run", "eight-gaussians", *sys.argv[3:]]))
 
 ARGS = ["student.network.hidden=16", "student.network.depth=2", "train.steps=9", "train.batch_size=32",
         "train.checkpoint_every=3", "train.log_every=1", "train.progress=false", "train.ema_decays=[0.9]",
-        "eval.samples=0", "objective.name=consistency", "objective.target_ema=0.5"]
+        "eval.samples=0"]
+OBJECTIVES = {
+    # an EMA target network checkpointed with the run
+    "consistency": ["objective.name=consistency", "objective.target_ema=0.5"],
+    # a fake-score network and its optimiser owned by the objective, after a regression warm start
+    "dmd": ["teacher=eight-gaussians", "objective.name=dmd", "objective.trajectories=64", "objective.steps=4",
+            "objective.stride=1", "objective.warm_start_steps=2", "objective.regression_weight=0.5"],
+}
 
 
-def run(moment: str, count: int, run_dir) -> subprocess.CompletedProcess:
+def run(moment: str, count: int, run_dir, objective: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", CHILD, moment, str(count), *ARGS, f"run_dir={run_dir}"],
+    args = [*ARGS, *OBJECTIVES[objective], f"run_dir={run_dir}"]
+    return subprocess.run([sys.executable, "-c", CHILD, moment, str(count), *args],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -52,21 +60,22 @@ def student_weights(run_dir) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "student" / "network.safetensors")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(OBJECTIVES))
+def uninterrupted(request, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
-    straight = run("none", 0, run_dir)
+    straight = run("none", 0, run_dir, request.param)
     assert straight.returncode == 0, straight.stderr
-    return student_weights(run_dir)
+    return request.param, student_weights(run_dir)
 
 
 @pytest.mark.parametrize("moment, count", [("training", 5), ("checkpoint", 2)])
 def test_sigkilled_run_resumes_to_the_uninterrupted_weights(tmp_path, moment, count, uninterrupted):
-    killed = run(moment, count, tmp_path / "killed")
+    objective, weights = uninterrupted
+    killed = run(moment, count, tmp_path / "killed", objective)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "student").exists()
-    resumed = run("none", 0, tmp_path / "killed")  # the same command again
+    resumed = run("none", 0, tmp_path / "killed", objective)  # the same command again
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     got = student_weights(tmp_path / "killed")
-    assert all(torch.equal(uninterrupted[name], got[name]) for name in uninterrupted)
+    assert all(torch.equal(weights[name], got[name]) for name in weights)

@@ -10,6 +10,7 @@ from .consistency import ConsistencyDistillation, ConsistencyDistillationConfig
 from .continuous_consistency import ContinuousConsistency, ContinuousConsistencyConfig
 from .ctm import CTM, CTMConfig
 from .denoising import DenoisingConfig, DenoisingLoss
+from .dmd import DistributionMatching, DMDConfig
 from .eulerian import EulerianMap, EulerianMapConfig
 from .lagrangian import LagrangianMap, LagrangianMapConfig
 from .meanflow import MeanFlow, MeanFlowConfig
@@ -29,11 +30,13 @@ OBJECTIVES = {
     "ctm": (CTM, CTMConfig),
     "progressive": (Progressive, ProgressiveConfig),
     "trajectory": (TrajectoryDistillation, TrajectoryConfig),
+    "dmd": (DistributionMatching, DMDConfig),
 }
 
 __all__ = [
     "CTM", "OBJECTIVES", "Batch", "CTMConfig", "ConsistencyDistillation", "ConsistencyDistillationConfig",
-    "ContinuousConsistency", "ContinuousConsistencyConfig", "DenoisingConfig", "DenoisingLoss", "DistillationConfig",
+    "ContinuousConsistency", "ContinuousConsistencyConfig", "DMDConfig", "DenoisingConfig", "DenoisingLoss",
+    "DistillationConfig", "DistributionMatching",
     "EulerianMap", "EulerianMapConfig", "LagrangianMap", "LagrangianMapConfig", "LossOutput", "MeanFlow",
     "MeanFlowConfig", "Progressive", "ProgressiveConfig", "Shortcut", "ShortcutConfig", "TargetNetwork", "TimePairs",
     "TrajectoryConfig", "TrajectoryDistillation",

@@ -50,19 +50,24 @@ class DistillationConfig:
     input (``FlowMap.add_guidance_embedding``); ``None``: the plain teacher. ``distance``: ``l2`` (the
     squared norm ``|a - b|^2`` per example) or ``pseudo_huber`` (``sqrt(|a - b|^2 + c^2) - c``,
     ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``, ``adaptive_c``: the adaptive weight
-    ``1 / (d + c)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off)."""
+    ``1 / (d + c)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off).
+    ``conversion_steps``: the first steps teach a student whose output rule differs from its teacher's
+    (``distill.student_outputs``) its new output, ``F(x_t, t, t) = v_teacher(x_t, t)``, before the objective itself."""
 
     times: TimePairs = field(default_factory=TimePairs)
     guidance: float | list[float] | None = None
     distance: str = "l2"
     adaptive_p: float = 0.0
     adaptive_c: float = 1e-3
+    conversion_steps: int = 0
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown distance {self.distance!r}; use one of {', '.join(DISTANCES)}")
         if isinstance(self.guidance, list) and (len(self.guidance) != 2 or self.guidance[0] > self.guidance[1]):
             raise ValueError(f"guidance must be a scale or a range [w_min, w_max], got {self.guidance}")
+        if self.conversion_steps < 0:
+            raise ValueError(f"conversion_steps must be >= 0, got {self.conversion_steps}")
 
     @property
     def guidance_range(self) -> tuple[float, float] | None:
@@ -97,7 +102,25 @@ class DistillationObjective:
         if scales is not None and split_scale(batch.cond)[1] is None:
             w = torch.empty(batch.x.shape[0], device=batch.x.device).uniform_(*scales)
             batch = Batch(batch.x, with_scale(batch.cond, w))
+        if step < self.config.conversion_steps:
+            return self.conversion_loss(student, batch)
         return self.loss(student, batch, step)
+
+    def conversion_loss(self, student, batch: Batch) -> LossOutput:
+        """``F_theta(x_t, t, t)`` against the teacher's velocity on noised data points, measured in the network's own
+        output units: ``|(F - v) / b|^2 = |out - out_target|^2`` with ``F = a x + b out`` (the student's output rule;
+        unit weight at every ``t``, as EDM's loss weighting gives)."""
+        x_data = self.data_points(batch)
+        t, _ = self.sample_times(x_data.shape[0])
+        x_t = noised(x_data, t)
+        v = self.velocity(x_t, t, batch.cond)
+        F = student(x_t, t, t, batch.cond, output="average_velocity")
+        b = per_example(unwrap(student).output_coefficients(t)[1], F)
+        return self.compare(F / b, v / b, conversion=1.0)
+
+    def data_points(self, batch: Batch) -> Tensor:
+        """Clean samples [B, ...] in a batch (real data; objectives on other data override this)."""
+        return batch.x
 
     def loss(self, student, batch: Batch, step: int) -> LossOutput:
         raise NotImplementedError

@@ -67,6 +67,10 @@ class TrajectoryDistillation(DistillationObjective):
         return teacher_trajectories(self.teacher, noise, cond, config.solver, config.steps, config.stride,
                                     progress=progress)
 
+    def data_points(self, batch: Batch) -> Tensor:
+        """The trajectories' ends: the teacher's own samples at t = 0."""
+        return batch.x[:, -1]
+
     def loss(self, student, batch: Batch, step: int) -> LossOutput:
         states, times = batch.x, self.times  # [B, M, ...], [M]
         size, count = states.shape[0], states.shape[1]

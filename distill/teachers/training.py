@@ -47,6 +47,9 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run_dir: str = "runs/teachers/{name}"
     output: str | None = None  # where the trained teacher is written; default: <run_dir>/teacher
+    # Start from another teacher's weights (a bundled name or a folder) with the same network, as SD 2's
+    # v-prediction model was fine-tuned from its epsilon model: the features carry over, the output rule is relearnt.
+    init: str | None = None
 
 
 def build_teacher(config: TeacherConfig, data: Dataset) -> NetworkTeacher:
@@ -68,6 +71,19 @@ def build_teacher(config: TeacherConfig, data: Dataset) -> NetworkTeacher:
         scheduler = getattr(diffusers, scheduler_class).from_config(config.scheduler)
         teacher = DiffusersTeacher(getattr(diffusers, class_name)(**kwargs), scheduler)
     return teacher.requires_grad_(True)
+
+
+def initialise_from(teacher: NetworkTeacher, source: str) -> None:
+    """Copy the network weights of the teacher ``source`` into ``teacher`` (same network class and shapes)."""
+    from .loading import load_teacher
+
+    weights = load_teacher(source).state_dict()
+    try:
+        teacher.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ValueError(f"init={source!r} has another network than model: ({first}); "
+                         "give model: the same settings as that teacher, or drop init") from None
 
 
 def check_output(folder: Path) -> None:
@@ -97,6 +113,8 @@ def train_teacher(config: TeacherConfig) -> tuple[Path, TrainResult]:
           file=sys.stderr)
     torch.manual_seed(config.train.seed)  # the same initial weights on every rerun
     teacher = build_teacher(config, data)
+    if config.init:
+        initialise_from(teacher, config.init)
     result = train(teacher, DenoisingLoss(config.objective), data, config.train, run_dir)
     teacher.load_state_dict(ema_state_dict(teacher, result.ema[config.train.ema_decays[0]]))
     save_teacher(teacher.requires_grad_(False).eval(), output)
