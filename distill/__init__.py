@@ -1,6 +1,6 @@
 """distill: turn a pretrained diffusion model into a fast flow-map generator.
 
-Canonical convention (DESIGN.md §2): ``x_t = (1 - t) x_data + t noise``; t = 0 is data, t = 1 is noise.
+Canonical convention (docs/design.md §2): ``x_t = (1 - t) x_data + t noise``; t = 0 is data, t = 1 is noise.
 Importing this package is light: diffusers, accelerate, peft and onnx load only inside the functions using them.
 """
 

@@ -278,25 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     train_teacher = commands.add_parser("train-teacher", help="train a teacher (how the bundled ones were made)")
-    train_teacher.add_argument("config", help="a YAML file or a preset in configs/teachers/")
+    train_teacher.add_argument("config", help="a YAML file or a preset in distill/configs/teachers/")
     train_teacher.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     train_teacher.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     train_teacher.set_defaults(run=_train_teacher)
 
     run = commands.add_parser("run", help="distil a student; writes a run folder (config, checkpoints, logs, eval)")
-    run.add_argument("config", help="a YAML file or a preset in configs/distill/")
+    run.add_argument("config", help="a YAML file or a preset in distill/configs/distill/")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 objective.name=ctm")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.set_defaults(run=_run)
 
     tune = commands.add_parser("finetune", help="adapt a teacher to new data with LoRA adapters (then distil it)")
-    tune.add_argument("config", help="a YAML file or a preset in configs/finetune/")
+    tune.add_argument("config", help="a YAML file or a preset in distill/configs/finetune/")
     tune.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.classes=[3,7] lora.rank=4")
     tune.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     tune.set_defaults(run=_finetune)
 
     quickstart = commands.add_parser("quickstart", help="bundled MNIST teacher -> distilled student -> eval table")
-    quickstart.add_argument("overrides", nargs="*", help="key=value overrides of configs/distill/quickstart.yaml")
+    quickstart.add_argument("overrides", nargs="*",
+                            help="key=value overrides of distill/configs/distill/quickstart.yaml")
     quickstart.add_argument("--out", default="runs/quickstart", help="the run folder")
     quickstart.add_argument("--export-steps", type=_int_list, default=[2],
                             help="ONNX sampler graphs to export and check ('' for none)")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 C = TypeVar("C")
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"  # package data: presets work from any install
 
 
 class ConfigError(ValueError):
@@ -108,7 +108,7 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def resolve_config_file(name_or_path: str | Path, kind: str) -> Path:
-    """A YAML path, or a preset name in ``configs/<kind>/``."""
+    """A YAML path, or a preset name in ``distill/configs/<kind>/``."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():

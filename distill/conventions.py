@@ -1,6 +1,6 @@
 """The canonical convention, native noise schedules, and prediction-type conversions.
 
-Canonical path (rectified flow, DESIGN.md §2)::
+Canonical path (rectified flow, docs/design.md §2)::
 
     x_t = (1 - t) * x_data + t * noise,   t in [0, 1],   t = 0 is data, t = 1 is noise,
     v(x, t) = E[noise - x_data | x_t = x],   dx/dt = v.

@@ -272,8 +272,11 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
     key = fingerprint(teacher, type(teacher).__name__, solver, steps, stride, ends_only, teacher.t_max, noise.shape,
                       _digest(noise), _digest(cond))
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
+    bundled = bundled_result(key)
     if path.exists():
         stored = torch.load(path, weights_only=True)
+    elif bundled is not None:
+        stored = bundled
     else:
         times = time_grid(teacher, steps)
         chunks = range(0, len(noise), batch_size)
@@ -298,6 +301,23 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
     labels, scales = split_scale(cond)
     return Dataset(stored["x"], labels, name, teacher.info.get("num_classes"), stored["seconds"],
                    None if scales is None else torch.as_tensor(scales).expand(len(noise)))
+
+
+REFERENCE_FOLDER = "reference"  # in a bundled teacher's folder: its evaluation samples, named by cache key
+
+
+def bundled_result(key: str) -> dict | None:
+    """Teacher samples that ship with a bundled teacher (``<teacher>/reference/<key>.safetensors``, written by
+    ``scripts/bundle_reference.py``): the same cache key, so they are found only for the same weights, noise, labels,
+    solver and steps."""
+    from safetensors.torch import load_file
+
+    from .teachers.loading import ASSET_DIR
+
+    for path in ASSET_DIR.glob(f"*/{REFERENCE_FOLDER}/{key}.safetensors"):
+        stored = load_file(path)
+        return {"x": stored["x"], "seconds": float(stored["seconds"])}
+    return None
 
 
 def _digest(value) -> str | None:

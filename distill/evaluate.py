@@ -29,7 +29,7 @@ REFERENCE_SOLVER, REFERENCE_STEPS = "dpmpp2m", 64  # the accurate solution fidel
 
 @dataclass
 class EvalRow:
-    """One generator at one budget (keys of DESIGN.md §4's eval report)."""
+    """One generator at one budget (keys of docs/design.md §4's eval report)."""
 
     model: str
     kind: str
@@ -183,7 +183,7 @@ def _row_text(row: EvalRow) -> str:
 
 
 def report(evaluation: Evaluation, rows: list[EvalRow]) -> dict:
-    """The eval report of DESIGN.md §4."""
+    """The eval report of docs/design.md §4."""
     return {"dataset": evaluation.data_name, "samples": evaluation.samples, "rows": [asdict(r) for r in rows],
             "data_floor": evaluation.data_floor()}
 

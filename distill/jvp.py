@@ -1,5 +1,5 @@
 """Jacobian-vector products behind one function: forward mode, the double-backward trick, or a central finite
-difference, with an automatic choice that works through diffusers UNets on the CPU (METHODS.md, "JVP").
+difference, with an automatic choice that works through diffusers UNets on the CPU (docs/methods.md, "JVP").
 
 Objectives use the JVP inside a stop-gradient target (MeanFlow, sCD, Eulerian maps), so the result is detached by
 default. Call it on the unwrapped module (``model.module`` under DistributedDataParallel): no gradient flows through

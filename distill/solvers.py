@@ -1,4 +1,4 @@
-"""ODE solvers for velocity fields and the time grids they run on, all in canonical time (DESIGN.md §2).
+"""ODE solvers for velocity fields and the time grids they run on, all in canonical time (docs/design.md §2).
 
 Generation integrates ``dx/dt = v(x, t)`` from ``t_max`` down to ``t = 0``. A grid is a 1-D float64 tensor of
 decreasing canonical times ending at the final time (usually 0). A solver has one signature:

@@ -1,4 +1,5 @@
-"""Students whose network output is read by another rule than the teacher's (METHODS.md, "Output parameterisation").
+"""Students that read their network's output by another rule than the teacher's (docs/methods.md, "Output
+parameterisation").
 
 A student copied from an epsilon-predicting teacher keeps its jump ``X = p x + q eps_hat`` with ``|q| ~ (t - s) /
 (1 - t)``: about 157 on the first jump of a linear-beta DDPM, so the network must reproduce its input to 1/157.

@@ -1,5 +1,5 @@
 """Flow-map students: ``X(x, t, s) = x + (s - t) F(x, t, s)``, the state at time ``s`` of the trajectory through
-``x`` at time ``t`` (DESIGN.md §2; Boffi et al. 2024, eq. 2.3).
+``x`` at time ``t`` (docs/design.md §2; Boffi et al. 2024, eq. 2.3).
 
 ``FlowMap.from_teacher`` copies the teacher's network and adds a zero-initialised embedding of the gap ``t - s`` to its
 time embedding, so an untrained student is exactly one Euler step of the teacher, and ``F(x, t, t) = v(x, t)``.
@@ -41,7 +41,7 @@ class ScalarEmbedding(nn.Module):
     """A zero-initialised embedding of one number per example: sinusoidal features of ``scale * value``, then an MLP
     whose last layer starts at zero. A forward hook adds it to a time-embedding module's output, so it changes
     nothing until trained. The student embeds the gap ``t - s`` this way and, when guidance-conditioned, the guidance
-    scale ``w`` (METHODS.md, Guidance)."""
+    scale ``w`` (docs/methods.md, Guidance)."""
 
     def __init__(self, out_dim: int, scale: float, frequencies: int = 64):
         super().__init__()

@@ -1,4 +1,4 @@
-"""ONNX graphs of a flow-map student (DESIGN.md §3, exporters).
+"""ONNX graphs of a flow-map student (docs/design.md §3, exporters).
 
 Two graph kinds, both with a dynamic batch dimension:
 
@@ -10,7 +10,7 @@ Two graph kinds, both with a dynamic batch dimension:
 A student built on a teacher's network (``FlowMap.from_teacher``) converts canonical time to the network's own
 timestep and input scale, and its output to a velocity, through float64 schedule arithmetic (searchsorted over the
 training table for a DDPM). Both conversions are linear in the state and the network output at fixed ``t``
-(DESIGN.md §2), so one jump is ``X = p(t, s) x + q(t, s) out``, ``out = net(c_in(t) x, timestep(t), gap = t - s)``:
+(docs/design.md §2), so one jump is ``X = p(t, s) x + q(t, s) out``, ``out = net(c_in(t) x, timestep(t), gap = t - s)``:
 the sampler bakes these scalars per step (computed in float64); the jump graph interpolates them from a dense table
 over ``t``. Every model carries its metadata (convention, time grid, precision, a hash of the source weights).
 """

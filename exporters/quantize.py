@@ -1,4 +1,4 @@
-"""Lower-precision students: ONNX fp16 and int8 for ONNX Runtime, torchao for PyTorch serving (DESIGN.md §3).
+"""Lower-precision students: ONNX fp16 and int8 for ONNX Runtime, torchao for PyTorch serving (docs/design.md §3).
 
 One verb per runtime, each with a config (torchao's ``quantize_(model, Config())`` shape):
 

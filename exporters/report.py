@@ -1,6 +1,6 @@
 """``distill export``: write a student's ONNX graphs at each precision and prove each one against PyTorch.
 
-For every (graph, steps, precision) the report (DESIGN.md §4 ``export``) holds the file size, parity against the
+For every (graph, steps, precision) the report (docs/design.md §4 ``export``) holds the file size, parity against the
 PyTorch student (max-abs and relative error on the same inputs), latency per batch beside eager PyTorch measured in
 the same loop (calls alternate, so machine noise hits both), and the FD of the artifact's samples beside the float
 student's on the same noise. A parity failure raises :class:`ParityError`.
@@ -227,7 +227,7 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
 
 @dataclass
 class Artifact:
-    """One exported model (keys of DESIGN.md §4's export report)."""
+    """One exported model (keys of docs/design.md §4's export report)."""
 
     path: str
     graph: str

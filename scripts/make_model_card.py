@@ -39,7 +39,7 @@ def card_text(name: str, teacher, result: dict, rows, evaluation: Evaluation) ->
   `{teacher.parameterization.prediction_type}`, canonical range t in [{teacher.t_min:.4g}, {teacher.t_max:.4g}].
 - **Training**: {summary['steps']} steps, final loss {summary['final_loss']:.4g}, {minutes:.1f} min of training
   on this project's 2-core CPU (summed over resumed sessions){f"; {summary['note']}" if summary.get("note") else ""}.
-- **Recreate**: `distill train-teacher {name}` (config: `configs/teachers/{name}.yaml`; the resolved config is
+- **Recreate**: `distill train-teacher {name}` (config: `distill/configs/teachers/{name}.yaml`; the resolved config is
   `train_config.yaml` here).
 - **Load**: `distill.load_teacher("{name}")`.
 

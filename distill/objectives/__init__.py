@@ -1,6 +1,6 @@
 """Training objectives, one file each, one call shape: ``objective(model, batch, step) -> LossOutput``.
 
-``DenoisingLoss`` trains teachers; the others distil a teacher into a flow-map student (METHODS.md).
+``DenoisingLoss`` trains teachers; the others distil a teacher into a flow-map student (docs/methods.md).
 """
 
 from __future__ import annotations

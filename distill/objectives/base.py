@@ -1,4 +1,4 @@
-"""What every objective takes and returns, and the pieces the distillation objectives share (METHODS.md)."""
+"""What every objective takes and returns, and the pieces the distillation objectives share (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Consistency distillation (Song et al. 2023, Algorithm 2; METHODS.md), in flow-map form with ``s = 0``.
+"""Consistency distillation (Song et al. 2023, Algorithm 2; docs/methods.md), in flow-map form with ``s = 0``.
 
 Times come in adjacent pairs of an ``intervals``-step grid (``t_{n+1} > t_n``); one teacher step moves ``x_{t_{n+1}}``
 to ``x̂_{t_n}`` and the student's jump to data must agree with the target network's:

@@ -1,4 +1,4 @@
-"""Consistency trajectory models (Kim et al. 2023, eq. 6-8; METHODS.md), distillation without the GAN term.
+"""Consistency trajectory models (Kim et al. 2023, eq. 6-8; docs/methods.md), distillation without the GAN term.
 
 The student's jump ``t -> s`` is compared with a target built from the teacher: teacher Heun steps from ``t`` to a
 time ``u`` in ``[s, t)``, then the target network's jump ``u -> s``. Both sides are mapped on to data by the target

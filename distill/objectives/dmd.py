@@ -1,4 +1,4 @@
-"""Distribution matching distillation (DMD2; Yin et al. 2024a, eq. 2-3, and 2024b, §4; METHODS.md, "Distribution
+"""Distribution matching distillation (DMD2; Yin et al. 2024a, eq. 2-3, and 2024b, §4; docs/methods.md, "Distribution
 matching").
 
 The student is a generator ``x_hat = G(z)``: its K-step sample from noise, differentiated through. Its samples are

@@ -1,4 +1,4 @@
-"""Eulerian map distillation (Boffi et al. 2024, §3.2 "EMD"; Sabour et al. 2025, "AYF-EMD"; METHODS.md).
+"""Eulerian map distillation (Boffi et al. 2024, §3.2 "EMD"; Sabour et al. 2025, "AYF-EMD"; docs/methods.md).
 
 An exact flow map is constant along the teacher's trajectories: ``d_t X(x, t, s) + d_x X(x, t, s) v(x, t) = 0``.
 Discrete form (``epsilon > 0``): move ``x_t`` one teacher step to ``t' = t + epsilon (s - t)`` and ask

@@ -1,4 +1,4 @@
-"""Lagrangian map distillation (Boffi et al. 2024, §3.2 "LMD"; METHODS.md).
+"""Lagrangian map distillation (Boffi et al. 2024, §3.2 "LMD"; docs/methods.md).
 
 An exact flow map moves its output with the teacher's velocity: ``d_s X(x, t, s) = v(X(x, t, s), s)``. With
 ``X = x + (s - t) F`` that is ``F + (s - t) d_s F``; the scalar derivative ``d_s F`` is a central finite difference

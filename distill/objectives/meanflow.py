@@ -1,4 +1,4 @@
-"""MeanFlow in its distillation form (Geng et al. 2025, eq. 9-10; METHODS.md).
+"""MeanFlow in its distillation form (Geng et al. 2025, eq. 9-10; docs/methods.md).
 
 The average velocity ``F(x, t, s) = (X(x, t, s) - x) / (s - t)`` of an exact flow map satisfies
 ``F = v + (s - t) dF/dt`` with ``dF/dt = d_x F . v + d_t F`` along the teacher's trajectory, so the student regresses

@@ -1,4 +1,4 @@
-"""Progressive distillation (Salimans & Ho 2022, Algorithm 2; METHODS.md), with a flow-map student.
+"""Progressive distillation (Salimans & Ho 2022, Algorithm 2; docs/methods.md), with a flow-map student.
 
 Round ``r`` trains jumps on an ``N_r``-step grid, ``N_r = start_steps / 2^(r+1)``: one student jump ``t -> s`` must
 equal two jumps ``t -> u -> s`` of the previous round's model (the teacher's solver steps in round 0, a frozen copy of

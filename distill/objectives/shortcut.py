@@ -1,4 +1,4 @@
-"""Shortcut models in their distillation form (Frans et al. 2024, eq. 5; METHODS.md).
+"""Shortcut models in their distillation form (Frans et al. 2024, eq. 5; docs/methods.md).
 
 Two identities train the student: at ``s = t`` the average velocity is the teacher's velocity, ``F(x, t, t) = v``
 (the flow-matching anchor); and two half jumps make one (the semigroup),

@@ -1,4 +1,4 @@
-"""How distillation objectives draw their time pairs (t, s) with s <= t (METHODS.md, "Time sampling")."""
+"""How distillation objectives draw their time pairs (t, s) with s <= t (docs/methods.md, "Time sampling")."""
 
 from __future__ import annotations
 

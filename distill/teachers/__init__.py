@@ -1,4 +1,4 @@
-"""Teachers: pretrained diffusion models seen as canonical velocity fields (DESIGN.md §2-§4)."""
+"""Teachers: pretrained diffusion models seen as canonical velocity fields (docs/design.md §2-§4)."""
 
 from __future__ import annotations
 

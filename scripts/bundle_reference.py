@@ -1,0 +1,56 @@
+"""Ship a bundled teacher's evaluation samples with it, so a fresh machine does not recompute what cannot change.
+
+    python scripts/bundle_reference.py mnist-flow [--samples 500] [--seed 0] [--solvers euler,dpmpp2m]
+                                       [--nfe 1,2,4] [--reference-nfe 64]
+
+Runs the teacher rows of ``distill.evaluate.Evaluation`` (what ``distill quickstart`` and ``distill run`` judge a
+student beside) into a private cache and writes every sample set it made to
+``distill/assets/teachers/<name>/reference/<cache key>.safetensors``. The cache key hashes the teacher's weights, the
+noise and labels (from the seed), the solver and its steps, so the files are used only where they are exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from distill.data import REFERENCE_FOLDER
+from distill.evaluate import REFERENCE_SOLVER, Evaluation
+from distill.teachers import load_teacher
+from distill.teachers.loading import ASSET_DIR
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("teacher", help="a bundled teacher name")
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solvers", default="euler,dpmpp2m")
+    parser.add_argument("--nfe", default="1,2,4")
+    parser.add_argument("--reference-nfe", default="64")
+    args = parser.parse_args()
+
+    folder = ASSET_DIR / args.teacher
+    if not folder.is_dir():
+        raise SystemExit(f"{args.teacher} is not a bundled teacher ({ASSET_DIR})")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["DISTILL_CACHE"] = cache
+        evaluation = Evaluation(load_teacher(args.teacher), samples=args.samples, seed=args.seed)
+        evaluation.teacher_rows(args.solvers.split(","), [int(n) for n in args.nfe.split(",")])
+        evaluation.teacher_rows([REFERENCE_SOLVER], [int(n) for n in args.reference_nfe.split(",")])
+        out = folder / REFERENCE_FOLDER
+        out.mkdir(exist_ok=True)
+        for path in sorted((Path(cache) / "teacher_samples").glob("*.pt")):
+            stored = torch.load(path, weights_only=True)
+            target = out / f"{path.stem}.safetensors"
+            save_file({"x": stored["x"].contiguous(), "seconds": torch.tensor(stored["seconds"])}, target)
+            print(f"{target} ({target.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
