@@ -19,6 +19,7 @@ from .student_outputs import PreconditionedFlowMap, student_class
 from .students import FlowMap, jump_gains
 from .train import TrainConfig, ema_state_dict, train
 
+CONVERSION_STEPS = 300  # teaching a copied network a new output rule (measured: see the README's output rules)
 STUDENT_KINDS = ("from_teacher", "lora", *[name for name in NETWORKS if name.startswith("TwoTime")])
 
 
@@ -173,6 +174,17 @@ def output_rule(teacher, choice: str = "auto", max_gain: float = 2.0) -> str:
     return FlowMap.output_rule if max(gains) <= max_gain else PreconditionedFlowMap.output_rule
 
 
+def resolve_output_rule(config: DistillConfig, teacher) -> None:
+    """Fix ``student.output`` (``auto``: :func:`output_rule`) and, for a student on the teacher's network whose rule
+    differs from the teacher's, give the objective a conversion phase unless the config sets one (in place, so the
+    run folder's config.yaml records what ran)."""
+    if config.student.kind not in ("from_teacher", "lora"):
+        return
+    config.student.output = output_rule(teacher, config.student.output)
+    changed = config.student.output != FlowMap.output_rule
+    config.objective = {"conversion_steps": CONVERSION_STEPS if changed else 0, **config.objective}
+
+
 def distillation_data(teacher, config: DistillDataConfig) -> Dataset:
     info = teacher.info.get("data", {})
     name = config.name or info.get("name")
@@ -210,11 +222,12 @@ def run_distillation(config: DistillConfig) -> dict:
     run_dir = Path(config.run_dir.format(name=config.name))
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, rank 0 writes
     run_dir.mkdir(parents=True, exist_ok=True)
-    if main_process:
-        (run_dir / "config.yaml").write_text(dump(config))
     teacher = load_teacher(config.teacher).requires_grad_(False)
     if teacher.sample_shape is None:
         raise ValueError(f"{config.teacher} does not declare its sample shape")
+    resolve_output_rule(config, teacher)
+    if main_process:
+        (run_dir / "config.yaml").write_text(dump(config))
     objective = build_objective(teacher, config.objective)
     training_data = getattr(objective, "training_data", None)  # objectives that learn from teacher trajectories
     data = training_data() if training_data else distillation_data(teacher, config.data)
