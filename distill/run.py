@@ -15,7 +15,7 @@ from .config import ConfigError, build, check_keys, dump
 from .data import Dataset, class_cycle, load_dataset
 from .nets import NETWORKS
 from .objectives import OBJECTIVES
-from .student_outputs import PreconditionedFlowMap, student_class
+from .student_outputs import VelocityFlowMap, student_class
 from .students import FlowMap, jump_gains
 from .train import TrainConfig, ema_state_dict, train
 
@@ -32,7 +32,7 @@ class StudentConfig:
     ``train.ema_decays``) or ``raw``. ``output``: how a student on the teacher's network reads its output
     (``distill.student_outputs.OUTPUT_RULES``: ``teacher``, ``velocity``, ``data``, ``preconditioned``); ``auto``
     keeps the teacher's own rule unless a jump of the 1-, 2- or 4-step grid would amplify the network's error by more
-    than 2 (an epsilon teacher), and then takes ``preconditioned``."""
+    than 2 (an epsilon teacher), and then takes ``velocity`` (measured best of the three on the epsilon teacher)."""
 
     kind: str = "from_teacher"
     network: dict = field(default_factory=dict)
@@ -164,14 +164,14 @@ def build_student(teacher, config: StudentConfig, teacher_spec: str,
 
 def output_rule(teacher, choice: str = "auto", max_gain: float = 2.0) -> str:
     """The student output rule for ``teacher``: ``choice`` itself, or for ``auto`` the teacher's own rule when its
-    largest jump gain on the 1-, 2- and 4-step grids is at most ``max_gain``, else ``preconditioned``."""
+    largest jump gain on the 1-, 2- and 4-step grids is at most ``max_gain``, else ``velocity``."""
     if choice != "auto":
         return choice
     from .solvers import time_grid
 
     probe = FlowMap.from_teacher(teacher)
     gains = [float(gain) for steps in (1, 2, 4) for gain in jump_gains(probe, time_grid(teacher, steps))]
-    return FlowMap.output_rule if max(gains) <= max_gain else PreconditionedFlowMap.output_rule
+    return FlowMap.output_rule if max(gains) <= max_gain else VelocityFlowMap.output_rule
 
 
 def resolve_output_rule(config: DistillConfig, teacher) -> None:

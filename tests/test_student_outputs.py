@@ -10,7 +10,7 @@ from distill.objectives import TrajectoryConfig, TrajectoryDistillation
 from distill.objectives.base import Batch
 from distill.run import output_rule
 from distill.solvers import time_grid
-from distill.student_outputs import OUTPUT_RULES, DataFlowMap, PreconditionedFlowMap, student_class
+from distill.student_outputs import OUTPUT_RULES, DataFlowMap, PreconditionedFlowMap, VelocityFlowMap, student_class
 from distill.students import FlowMap, jump_gains, load_student
 from distill.teachers import DiffusersTeacher
 
@@ -79,7 +79,7 @@ def test_new_rules_keep_every_jump_gain_below_one_where_epsilon_needs_157():
 
 def test_auto_choice_keeps_a_flow_teachers_rule_and_replaces_epsilon():
     assert output_rule(flow_teacher()) == FlowMap.output_rule
-    assert output_rule(epsilon_teacher()) == PreconditionedFlowMap.output_rule
+    assert output_rule(epsilon_teacher()) == VelocityFlowMap.output_rule
     assert output_rule(epsilon_teacher(), "data") == "data"
     with pytest.raises(ValueError, match="unknown student output 'eps'"):
         student_class("eps")
