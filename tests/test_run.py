@@ -65,10 +65,10 @@ def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
                  "eval.reference_nfe=[]", "eval.solvers=[euler]"]
     assert main(["quickstart", *overrides, "--out", str(tmp_path / "qs"), "--export-steps", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert {"teacher", "student", "seconds", "eval", "export"} <= set(report) and report["teacher"] == "mnist"
+    assert {"teacher", "student", "seconds", "eval", "export"} <= set(report) and report["teacher"] == "mnist-flow"
     (artifact,) = report["export"]["artifacts"]  # the 1-step ONNX sampler, checked against the PyTorch student
     assert artifact["graph"] == "sampler" and artifact["precision"] == "fp32" and artifact["rel_err"] < 1e-4
     assert artifact["fd"] == pytest.approx(artifact["float_fd"], rel=1e-3)
     assert [r["kind"] for r in report["eval"]["rows"]] == ["teacher", "student"]
     assert report["eval"]["rows"][1]["fd"] is not None
-    assert load_student(report["student"]).info["teacher"] == "mnist"
+    assert load_student(report["student"]).info["teacher"] == "mnist-flow"
