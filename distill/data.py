@@ -272,12 +272,8 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
     key = fingerprint(teacher, type(teacher).__name__, solver, steps, stride, ends_only, teacher.t_max, noise.shape,
                       _digest(noise), _digest(cond))
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
-    bundled = bundled_result(key)
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-    elif bundled is not None:
-        stored = bundled
-    else:
+    stored = torch.load(path, weights_only=True) if path.exists() else bundled_result(key)
+    if stored is None:
         times = time_grid(teacher, steps)
         chunks = range(0, len(noise), batch_size)
         bar = tqdm(chunks, desc=f"teacher {'samples' if ends_only else 'trajectories'} ({solver}, {steps} steps)",
