@@ -60,7 +60,8 @@ def test_generator_gradient_is_the_score_difference():
     torch.manual_seed(0)
     loss, metrics = objective.generator_loss(x_hat, None)
     loss.backward()
-    assert metrics["score_gap"] == 0 and float(x_hat.grad.abs().max()) == 0
+    # A copy's kernels may round differently from the original's (memory alignment), hence not exactly zero.
+    assert metrics["score_gap"] < 1e-10 and float(x_hat.grad.abs().max()) < 1e-6
     with torch.no_grad():
         for p in objective.fake.parameters():
             p.add_(0.01 * torch.randn_like(p))
