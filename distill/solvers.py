@@ -21,14 +21,17 @@ Velocity = Callable[[Tensor, float], Tensor]
 # ------------------------------------------------------------------------------------------------------------
 # Solvers
 # ------------------------------------------------------------------------------------------------------------
-def euler(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
-    """First-order Euler: ``x <- x + (t_next - t) v(x, t)``. One evaluation per step."""
+def euler(velocity: Velocity, x: Tensor, times: Tensor, states: list | None = None) -> Tensor:
+    """First-order Euler: ``x <- x + (t_next - t) v(x, t)``. One evaluation per step.
+
+    Every solver appends its state at each later grid time to ``states`` when given one."""
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
         x = x + (t_next - t) * velocity(x, t)
+        _keep(states, x)
     return x
 
 
-def heun(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
+def heun(velocity: Velocity, x: Tensor, times: Tensor, states: list | None = None) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step into ``t = 0`` is Euler.
 
     Two evaluations per step, one on the last step if it ends at 0.
@@ -38,10 +41,11 @@ def heun(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
         v = velocity(x, t)
         x_euler = x + h * v
         x = x_euler if t_next == 0 else x + 0.5 * h * (v + velocity(x_euler, t_next))
+        _keep(states, x)
     return x
 
 
-def dpmpp2m(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
+def dpmpp2m(velocity: Velocity, x: Tensor, times: Tensor, states: list | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2, midpoint form as in diffusers) in the half log-SNR
     ``lambda = log((1 - t) / t)`` of the canonical path, with the data prediction ``x_data = x - t v``.
 
@@ -62,14 +66,20 @@ def dpmpp2m(velocity: Velocity, x: Tensor, times: Tensor) -> Tensor:
             d = x_data + (0.5 * h / h_prev) * (x_data - previous[0])  # D0 + D1/2 with D1 = (m0 - m1) / r0
         x = (t_next / t) * x - (1 - t_next) * (exp_neg_h - 1) * d
         previous = (x_data, lam[i])
+        _keep(states, x)
     return x
 
 
-SOLVERS: dict[str, Callable[[Velocity, Tensor, Tensor], Tensor]] = {"euler": euler, "heun": heun, "dpmpp2m": dpmpp2m}
+def _keep(states: list | None, x: Tensor) -> None:
+    if states is not None:
+        states.append(x)
+
+
+SOLVERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "dpmpp2m": dpmpp2m}
 SOLVER_ORDER = {"euler": 1, "heun": 2, "dpmpp2m": 2}
 
 
-def get_solver(name: str) -> Callable[[Velocity, Tensor, Tensor], Tensor]:
+def get_solver(name: str) -> Callable[..., Tensor]:
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; use one of {', '.join(SOLVERS)}")
     return SOLVERS[name]
@@ -154,7 +164,7 @@ def check_times(times: Tensor) -> Tensor:
 # The public entry points
 # ------------------------------------------------------------------------------------------------------------
 def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None, gamma: float = 0.0,
-          generator: torch.Generator | None = None) -> Tensor:
+          generator: torch.Generator | None = None, states: list | None = None) -> Tensor:
     """Move ``x`` from ``times[0]`` to ``times[-1]``: a flow map jumps from grid time to grid time; a velocity field's
     probability-flow ODE is integrated with ``solver``.
 
@@ -167,6 +177,7 @@ def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None,
         cond: conditioning passed to every call.
         gamma: flow maps only: CTM's gamma-sampling (0 deterministic, 1 consistency-model multistep).
         generator: seeds the fresh noise of gamma-sampling.
+        states: velocity fields only: a list that receives the state at each later grid time (a trajectory).
     """
     times = check_times(times)
     if callable(getattr(model, "jump", None)):
@@ -187,7 +198,7 @@ def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None,
         return model.velocity(state, torch.full((batch,), t, dtype=F64), cond)
 
     with torch.no_grad():
-        return step(velocity, x, times)
+        return step(velocity, x, times, states)
 
 
 def _flow_map_step(model, x: Tensor, t: float, s: float, cond, gamma: float, generator) -> Tensor:

@@ -236,5 +236,26 @@ def test_trajectory_distillation_vanishes_on_the_exact_map_and_caches_its_data(t
     torch.manual_seed(0)
     perturbed = objective(ExactFlowMap(teacher, scale=1.05, steps=256), batch, step=0).metrics["mse"]
     assert exact < 1e-5 and perturbed > 100 * exact, (exact, perturbed)
-    with pytest.raises(ValueError, match="one-step solvers"):
-        TrajectoryConfig(solver="dpmpp2m")
+    with pytest.raises(ValueError, match="unknown solver"):
+        TrajectoryConfig(solver="rk4")
+
+
+def test_multistep_trajectories_keep_the_states_of_one_solve(tmp_path, monkeypatch):
+    """DPM-Solver++(2M) trajectories: each kept state is the solver's own state at that time (the solve on the grid's
+    prefix ends there: its history depends on earlier steps only), and they follow the exact flow map closely."""
+    from distill.objectives import TrajectoryConfig, TrajectoryDistillation
+    from distill.solvers import solve, time_grid
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    teacher = mixture()
+    config = TrajectoryConfig(trajectories=32, solver="dpmpp2m", steps=32, stride=8)
+    objective = TrajectoryDistillation(teacher, config)
+    data = objective.training_data(progress=False)
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(config.seed))
+    times = time_grid(teacher, 32)
+    for m in range(1, 5):
+        prefix = solve(teacher, float(times[0]) * noise, times[: 8 * m + 1], "dpmpp2m")
+        torch.testing.assert_close(data.x[:, m], prefix, rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    exact = objective(ExactFlowMap(teacher, steps=256), Batch(data.x), step=0).metrics["mse"]
+    assert exact < 1e-4, exact

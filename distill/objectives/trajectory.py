@@ -25,8 +25,8 @@ from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, 
 @dataclass
 class TrajectoryConfig(DistillationConfig):
     """``trajectories``: how many teacher solutions to store (fresh noise seeded by ``seed``; classes in turn for a
-    class-conditional teacher); ``solver`` (``euler`` or ``heun``) and ``steps``: the teacher's solver on its uniform
-    grid; ``stride``: keep every ``stride``-th state (the student learns jumps between kept times, so a K-step
+    class-conditional teacher); ``solver`` (``euler``, ``heun`` or ``dpmpp2m``: one solve, its states kept) and
+    ``steps``: the teacher's solver on its uniform grid; ``stride``: keep every ``stride``-th state (the student learns jumps between kept times, so a K-step
     sampler needs ``steps / stride`` to be a multiple of K)."""
 
     trajectories: int = 5000
@@ -39,8 +39,9 @@ class TrajectoryConfig(DistillationConfig):
         super().__post_init__()
         if self.steps % self.stride or self.trajectories < 1:
             raise ValueError(f"stride ({self.stride}) must divide steps ({self.steps}); trajectories must be >= 1")
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"trajectories are stored with euler or heun (one-step solvers), got {self.solver!r}")
+        from ..solvers import get_solver
+
+        get_solver(self.solver)
 
 
 class TrajectoryDistillation(DistillationObjective):
