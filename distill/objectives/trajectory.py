@@ -26,8 +26,8 @@ from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, 
 class TrajectoryConfig(DistillationConfig):
     """``trajectories``: how many teacher solutions to store (fresh noise seeded by ``seed``; classes in turn for a
     class-conditional teacher); ``solver`` (``euler``, ``heun`` or ``dpmpp2m``: one solve, its states kept) and
-    ``steps``: the teacher's solver on its uniform grid; ``stride``: keep every ``stride``-th state (the student learns jumps between kept times, so a K-step
-    sampler needs ``steps / stride`` to be a multiple of K)."""
+    ``steps``: the teacher's solver on its uniform grid; ``stride``: keep every ``stride``-th state (the student
+    learns jumps between kept times, so a K-step sampler needs ``steps / stride`` to be a multiple of K)."""
 
     trajectories: int = 5000
     solver: str = "heun"
