@@ -6,10 +6,14 @@ Importing this package is light: diffusers, accelerate, peft and onnx load only 
 
 from __future__ import annotations
 
-from . import conventions, objectives, solvers, teachers
-from .solvers import sample, solve, time_grid
-from .students import FlowMap, load_student
-from .teachers import (
+from .quiet import quiet_third_party_notices
+
+quiet_third_party_notices()
+
+from . import conventions, objectives, solvers, teachers  # noqa: E402
+from .solvers import sample, solve, time_grid  # noqa: E402
+from .students import FlowMap, load_student  # noqa: E402
+from .teachers import (  # noqa: E402
     DiffusersTeacher,
     GaussianMixtureTeacher,
     GuidedTeacher,
@@ -17,7 +21,7 @@ from .teachers import (
     Teacher,
     load_teacher,
 )
-from .train import TrainConfig, train
+from .train import TrainConfig, train  # noqa: E402
 
 __version__ = "0.1.0"
 

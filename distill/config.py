@@ -90,12 +90,28 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} must look like key=value (nested keys with dots: train.steps=100)")
         key, text = pair.split("=", 1)
-        node = result
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {pair!r}: empty key part; write nested keys as train.steps=100")
+        node = result
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(text)
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r}: {part!r} was given a value by another override, so it "
+                                  "cannot also hold keys; drop one of the two")
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {pair!r}: the value is not valid YAML ({_yaml_problem(error)}); quote it, "
+                              f"e.g. {key}='...'") from None
     return result
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line from a YAML error: what went wrong and where (1-based line and column)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def merge(base: dict, overrides: dict) -> dict:
@@ -123,7 +139,18 @@ def resolve_config_file(name_or_path: str | Path, kind: str) -> Path:
 
 def read_config(name_or_path: str | Path, kind: str) -> dict:
     """The overrides a YAML file or preset holds, as a nested dict."""
-    return yaml.safe_load(resolve_config_file(name_or_path, kind).read_text()) or {}
+    path = resolve_config_file(name_or_path, kind)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: malformed YAML: {_yaml_problem(error)}; fix the syntax there (nested keys are "
+                          "indented with spaces, each line reads key: value)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; pass a YAML config") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys (key: value), got a YAML "
+                          f"{type(data).__name__}")
+    return data or {}
 
 
 def load_config(cls: type[C], name_or_path: str | Path, kind: str, overrides: list[str] | None = None) -> C:
