@@ -124,7 +124,7 @@ def _train_teacher(args: argparse.Namespace) -> dict:
     config = load_config(TeacherConfig, args.config, "teachers", args.overrides)
     if args.dry_run:
         return _dry_run(config)
-    output, result = train_teacher(config)
+    output, result = train_teacher(config, args.restart)
     if not args.json:
         print(f"teacher {config.name} -> {output} ({result.step} steps)")
     return {"teacher": str(output), "steps": result.step, "seconds": round(result.seconds, 1),
@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> dict:
     config = load_distill_config(args.config, args.overrides)
     if args.dry_run:
         return _dry_run(config)
-    report = run_distillation(config)
+    report = run_distillation(config, args.restart)
     if not args.json:
         _print_run(report)
     return report
@@ -175,7 +175,7 @@ def _finetune(args: argparse.Namespace) -> dict:
     config = load_finetune_config(args.config, args.overrides)
     if args.dry_run:
         return _dry_run(config)
-    report = finetune(config)
+    report = finetune(config, args.restart)
     if not args.json:
         print(f"adapter ({report['adapter_bytes'] / 1e3:.0f} kB) -> {report['adapter']}; merged teacher -> "
               f"{report['teacher']}")
@@ -200,7 +200,7 @@ def _quickstart(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     overrides = [f"run_dir={args.out}", *(["train.progress=false"] if args.json else []), *args.overrides]
     config = load_distill_config("quickstart", overrides)
-    run = run_distillation(config)
+    run = run_distillation(config, args.restart)
     export = None
     if args.export_steps:  # the student's ONNX sampler, checked against PyTorch, its FD beside the float student's
         from exporters.report import ExportConfig, export_student
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in (teachers, sample, evaluate, export, train_teacher, run, tune, quickstart):
         command.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    for command in (train_teacher, run, tune, quickstart):
+        command.add_argument("--restart", action="store_true",
+                             help="the run folder holds a run of another config: move it aside and start over")
     return parser
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .config import build, check_keys, dump
+from .config import build, check_keys
 from .data import Dataset, load_dataset
 from .objectives.denoising import DenoisingConfig, DenoisingLoss
+from .run_folder import open_run_folder
 from .train import TrainConfig, ema_state_dict, train
 
 
@@ -88,15 +89,13 @@ def adaptation_data(teacher, config: FinetuneDataConfig) -> Dataset:
     return data
 
 
-def finetune(config: FinetuneConfig) -> dict:
+def finetune(config: FinetuneConfig, restart: bool = False) -> dict:
     """Train the adapters (resuming a killed run), save ``adapter/`` and the merged ``teacher/``, judge both
     teachers on the new data; returns the report."""
     from .lora import LoraSettings, add_teacher_lora
     from .teachers import load_teacher
 
-    run_dir = Path(config.run_dir.format(name=config.name))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump(config))
+    run_dir = open_run_folder(config, restart)
     teacher = load_teacher(config.teacher)
     data = adaptation_data(teacher, config.data)
     objective = config.denoising(teacher.info.get("null_label") if data.labels is not None else None)

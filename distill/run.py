@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, build, check_keys, dump
+from .config import ConfigError, build, check_keys
 from .data import Dataset, class_cycle, load_dataset
 from .nets import NETWORKS
 from .objectives import OBJECTIVES
+from .run_folder import open_run_folder
 from .student_outputs import VelocityFlowMap, student_class
 from .students import FlowMap, jump_gains
 from .train import TrainConfig, ema_state_dict, train
@@ -214,20 +215,17 @@ def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 
     return draw
 
 
-def run_distillation(config: DistillConfig) -> dict:
+def run_distillation(config: DistillConfig, restart: bool = False) -> dict:
     """Train (resuming a killed run), save ``<run_dir>/student``, evaluate; returns the run's report."""
     from .evaluate import save_samples
     from .teachers import load_teacher
 
-    run_dir = Path(config.run_dir.format(name=config.name))
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, rank 0 writes
-    run_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(config.teacher).requires_grad_(False)
     if teacher.sample_shape is None:
         raise ValueError(f"{config.teacher} does not declare its sample shape")
     resolve_output_rule(config, teacher)
-    if main_process:
-        (run_dir / "config.yaml").write_text(dump(config))
+    run_dir = open_run_folder(config, restart)  # the resolved config: what the folder's weights were trained with
     objective = build_objective(teacher, config.objective)
     training_data = getattr(objective, "training_data", None)  # objectives that learn from teacher trajectories
     data = training_data() if training_data else distillation_data(teacher, config.data)

@@ -38,8 +38,29 @@ def test_run_writes_a_student_that_sample_and_eval_accept(tmp_path, capsys):
     assert kinds == ["teacher", "student"]
 
     # rerunning the finished run resumes at its last checkpoint: nothing is trained again
-    assert main(["run", "eight-gaussians", *TINY, f"run_dir={run_dir}", "eval.samples=0", "--json"]) == 0
+    assert main(["run", "eight-gaussians", *TINY, f"run_dir={run_dir}", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 12
+    assert (run_dir / "config.yaml").read_text().startswith("# config sha256 ")
+
+    # another config in the same folder: one line naming the keys, and the folder is left byte-identical
+    before = folder_bytes(run_dir)
+    for override, named in (("train.learning_rate=0.002", "train.learning_rate (0.001 -> 0.002)"),
+                            ("student.kind=TwoTimeUNet", "student.kind (TwoTimeMLP -> TwoTimeUNet)")):
+        assert main(["run", "eight-gaussians", *TINY, f"run_dir={run_dir}", override]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and "holds a run of another config" in error and "--restart" in error, error
+        assert named in error, error
+    assert folder_bytes(run_dir) == before
+
+    # --restart moves the old run aside (nothing is deleted) and trains from scratch
+    assert main(["run", "eight-gaussians", *TINY, f"run_dir={run_dir}", "train.steps=6", "--restart", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 6
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert folder_bytes(aside) == before
+
+
+def folder_bytes(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("override, message", [

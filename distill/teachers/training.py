@@ -15,6 +15,7 @@ from ..config import dump
 from ..data import Dataset, load_dataset
 from ..nets import NETWORKS
 from ..objectives.denoising import DenoisingConfig, DenoisingLoss
+from ..run_folder import open_run_folder
 from ..train import TrainConfig, TrainResult, ema_state_dict, train
 from .base import NetworkTeacher
 from .diffusers_teacher import DiffusersTeacher
@@ -99,13 +100,12 @@ def save_teacher(teacher: NetworkTeacher, folder: Path) -> Path:
     return teacher.save_pretrained(folder)
 
 
-def train_teacher(config: TeacherConfig) -> tuple[Path, TrainResult]:
+def train_teacher(config: TeacherConfig, restart: bool = False) -> tuple[Path, TrainResult]:
     """Train and save a teacher (EMA weights of the first decay); rerunning resumes from the run's checkpoint."""
     run_dir = Path(config.run_dir.format(name=config.name))
     output = Path(config.output) if config.output else run_dir / "teacher"
     check_output(output)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump(config))
+    run_dir = open_run_folder(config, restart)
     data = load_dataset(config.data.name, config.data.size, config.data.n, config.data.seed)
     if not config.data.conditional:
         data.labels = None
