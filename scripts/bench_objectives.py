@@ -28,6 +28,9 @@ from distill.objectives import OBJECTIVES, TimePairs
 from distill.students import FlowMap
 from distill.train import TrainConfig, ema_state_dict, train
 
+# DMD's fake score is a trainable copy of the teacher's network; an analytic teacher has none (scripts/bench_distill.py
+# measures DMD on the MNIST teachers)
+NEEDS_NETWORK = ("dmd",)
 # objectives that learn jumps to data only (s = 0) sample several steps as consistency models do: jump to 0, re-noise
 MULTISTEP_GAMMA = {"consistency": 1.0, "continuous_consistency": 1.0}
 
@@ -75,9 +78,13 @@ def run(name: str, teacher, data: Dataset, ref: dict, args) -> dict:
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, warmup_steps=100,
                          lr_decay="cosine", ema_decays=[0.999], checkpoint_every=args.steps, log_every=100,
                          progress=False, seed=args.seed)
+    objective = make_objective(name, teacher, args.steps)
+    training_data = getattr(objective, "training_data", None)  # the trajectory objective learns the teacher's ODE
     started = time.perf_counter()
+    if training_data is not None:
+        data = training_data(progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
-        result = train(student, make_objective(name, teacher, args.steps), data, config, run_dir)
+        result = train(student, objective, data, config, run_dir)
     seconds = time.perf_counter() - started
     student.load_state_dict(ema_state_dict(student, result.ema[0.999]))
     quality = evaluate(student.eval(), teacher, ref, MULTISTEP_GAMMA.get(name, 0.0))
@@ -96,7 +103,8 @@ def main() -> None:
                         help="the student's time-embedding scale (1000 destabilises the JVP objectives here)")
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default=",".join(OBJECTIVES), help="comma-separated objective names")
+    parser.add_argument("--only", default=",".join(name for name in OBJECTIVES if name not in NEEDS_NETWORK),
+                        help="comma-separated objective names")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
