@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import distill
 from distill.evaluate import Evaluation, markdown_table, plot_quality, report, save_samples, steps_for_nfe
@@ -66,13 +67,15 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--nfe", default="1,2,4,8,16,32,64")
+    parser.add_argument("--out", default=None, help="where the card goes (default: the teacher's asset folder)")
     args = parser.parse_args()
 
     teacher = distill.load_teacher(args.name)
     evaluation = Evaluation(teacher, samples=args.samples)
     rows = evaluation.teacher_rows(nfes=[int(n) for n in args.nfe.split(",")], name=args.name)
     result = report(evaluation, rows)
-    folder = ASSET_DIR / args.name
+    folder = Path(args.out) if args.out else ASSET_DIR / args.name
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "eval.json").write_text(json.dumps(result, indent=1))
     best = min(rows, key=lambda r: r.fd if r.fd is not None else r.swd)
     shown = 100 if evaluation.is_image else evaluation.samples

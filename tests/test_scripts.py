@@ -27,3 +27,16 @@ def test_bench_objectives_runs_every_kind_of_objective(tmp_path):
     rows = json.loads(out)["rows"]
     assert [r["objective"] for r in rows] == ["trajectory", "meanflow"]
     assert all(r["flow_map_rel_rmse"] > 0 and set(r["swd"]) == {"1", "2", "4"} for r in rows)
+
+
+def test_make_model_card_writes_a_card(tmp_path):
+    out = run_script("make_model_card.py", "mnist-flow", "--samples", "20", "--nfe", "1,2", "--out", "card",
+                     cwd=tmp_path)
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "| mnist-flow | dpmpp2m | 2 |" in card and "distill train-teacher mnist-flow" in card, out
+    assert {p.name for p in (tmp_path / "card").iterdir()} == {"README.md", "eval.json", "samples.png", "quality.png"}
+
+
+def test_solver_convergence_runs(tmp_path):
+    out = run_script("solver_convergence.py", "--samples", "100", "--json", cwd=tmp_path)
+    assert json.loads(out)
