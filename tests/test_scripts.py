@@ -40,3 +40,15 @@ def test_make_model_card_writes_a_card(tmp_path):
 def test_solver_convergence_runs(tmp_path):
     out = run_script("solver_convergence.py", "--samples", "100", "--json", cwd=tmp_path)
     assert json.loads(out)
+
+
+def test_samples_figure_draws_student_and_teacher_rows(tmp_path):
+    """A tiny class-conditional student on the bundled teacher (untrained: one teacher Euler step)."""
+    import distill
+    from distill.run import StudentConfig, build_student
+
+    build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
+        tmp_path / "student")
+    out = run_script("samples_figure.py", str(tmp_path / "student"), "--per-class", "1", "--teacher-steps", "2",
+                     "--out", "figure.png", cwd=tmp_path)
+    assert out.count("classified as the requested class") == 3 and (tmp_path / "figure.png").stat().st_size > 0
