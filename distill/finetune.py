@@ -125,13 +125,12 @@ def save_adapted(teacher, settings, run_dir: Path) -> tuple[Path, Path]:
     """``run_dir/adapter`` (PEFT's folder) and, with the adapters merged in (in place), ``run_dir/teacher``; both
     carry the adapted teacher's info."""
     from .lora import merge_network_lora, write_adapter
-    from .students import _network
     from .teachers.loading import INFO_FILE
     from .teachers.training import save_teacher
 
     adapter = run_dir / "adapter"
-    write_adapter(_network(teacher), settings, adapter)
-    merge_network_lora(_network(teacher))
+    write_adapter(teacher.network, settings, adapter)
+    merge_network_lora(teacher.network)
     output = save_teacher(teacher, run_dir / "teacher")
     for folder in (adapter, output):
         (folder / INFO_FILE).write_text(json.dumps(teacher.info, indent=2))

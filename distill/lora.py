@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from .student_outputs import student_class
-from .students import STUDENT_FILE, FlowMap, _network
+from .students import STUDENT_FILE, FlowMap
 
 # Default targets by network class. A UNet: each resnet's two convolutions and the projection of the time embedding
 # into it, through which the gap embedding acts (at equal size, the best of the adapters measured on the MNIST
@@ -91,7 +91,7 @@ def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
     gap (and guidance) embeddings. The adapters start at zero, so the student's outputs do not change."""
     if not student.gap_embeddings:
         raise ValueError("LoRA adapts a student built on a teacher's network (FlowMap.from_teacher)")
-    student.lora = inject_lora(_network(student.base), settings or LoraSettings())
+    student.lora = inject_lora(student.base.network, settings or LoraSettings())
     for name, parameter in student.named_parameters():
         parameter.requires_grad_("lora_" in name or name.startswith(("gap_embeddings.", "guidance_embeddings.")))
     return student
@@ -100,7 +100,7 @@ def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
 def add_teacher_lora(teacher, settings: LoraSettings | None = None) -> LoraSettings:
     """Inject LoRA adapters into a network teacher (in place) and freeze everything else: fine-tuning a teacher to
     new data (``distill finetune``). Returns the settings with the targets resolved."""
-    settings = inject_lora(_network(teacher), settings or LoraSettings())
+    settings = inject_lora(teacher.network, settings or LoraSettings())
     for name, parameter in teacher.named_parameters():
         parameter.requires_grad_("lora_" in name)
     return settings
@@ -130,7 +130,7 @@ def save_adapter(student: FlowMap, folder: str | Path) -> Path:
     if settings is None:
         raise ValueError("this student has no LoRA adapters (add_lora first); save it with save_pretrained")
     folder = Path(folder)
-    write_adapter(_network(student.base), settings, folder)
+    write_adapter(student.base.network, settings, folder)
     student.save_embeddings(folder)
     spec = {"kind": "lora", "output": student.output_rule, "lora": asdict(settings), "info": student.info,
             **student.guidance_spec()}
@@ -150,7 +150,7 @@ def load_adapter(folder: str | Path, teacher) -> FlowMap:
     settings = LoraSettings(**spec["lora"])
     student = add_lora(student_class(spec.get("output", FlowMap.output_rule)).from_teacher(teacher), settings)
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
-    result = set_peft_model_state_dict(_network(student.base), state)
+    result = set_peft_model_state_dict(student.base.network, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{folder}: the adapter does not fit this teacher (unexpected {unexpected[0]})")
@@ -162,7 +162,7 @@ def load_adapter(folder: str | Path, teacher) -> FlowMap:
 def merge_lora(student: FlowMap) -> FlowMap:
     """Fold the adapters into the layers they adapt (``W + (alpha / r) B A``) and put plain layers back, in place:
     the result has no PEFT modules (what ONNX export and serving want)."""
-    merge_network_lora(_network(student.base))
+    merge_network_lora(student.base.network)
     student.lora = None
     return student
 

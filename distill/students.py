@@ -63,11 +63,6 @@ class ScalarEmbedding(nn.Module):
         return output + self(self.value.to(weight.device, weight.dtype)).to(output.dtype)
 
 
-def _network(teacher: NetworkTeacher) -> nn.Module:
-    """The wrapped network: ``model`` of a DiffusersTeacher, ``module`` of a ModuleTeacher."""
-    return teacher.model if hasattr(teacher, "model") else teacher.module
-
-
 def _time_embedding_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
     name = type(network).__name__
     if name not in TIME_EMBEDDINGS:
@@ -116,13 +111,13 @@ class FlowMap(nn.Module):
             return
         self.t_min, self.t_max, self.sample_shape = base.t_min, base.t_max, base.sample_shape
         self.info = base.info
-        hooked = _time_embedding_modules(_network(base))
+        hooked = _time_embedding_modules(base.network)
         self.hooked_modules = [name for name, _ in hooked]
         self._hook_embeddings(self.gap_embeddings, GAP_SCALE)
 
     def _hook_embeddings(self, embeddings: nn.ModuleList, scale: float) -> None:
         """One zero-initialised :class:`ScalarEmbedding` per time-embedding module, added to its output."""
-        modules = dict(_network(self.base).named_modules())
+        modules = dict(self.base.network.named_modules())
         for name in self.hooked_modules:
             embedding = ScalarEmbedding(_output_dim(modules[name]), scale).to(next(self.base.parameters()).device)
             modules[name].register_forward_hook(embedding.add_to_output)

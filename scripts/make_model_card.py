@@ -30,7 +30,7 @@ def card_text(name: str, teacher, result: dict, rows, evaluation: Evaluation) ->
         data += f" at {info['data']['size']}x{info['data']['size']}"
     if info.get("num_classes"):
         data += f", {info['num_classes']} classes, null label {info['null_label']} (label dropout for guidance)"
-    network = type(getattr(teacher, "model", getattr(teacher, "module", teacher))).__name__
+    network = type(getattr(teacher, "network", teacher)).__name__  # analytic teachers have none
     return f"""# Teacher `{name}`
 
 {info.get('description', '')}

@@ -105,10 +105,8 @@ class DistributionMatching(TrajectoryDistillation):
         self.fake = copy.deepcopy(base).to(device).requires_grad_(True).train()
         params = list(self.fake.parameters())
         if self.config.gan_weight > 0:
-            from ..students import _network
-
-            self.features = BottleneckFeatures(_network(self.fake))
-            channels = _network(self.fake).config.block_out_channels[-1]
+            self.features = BottleneckFeatures(self.fake.network)
+            channels = self.fake.network.config.block_out_channels[-1]
             self.head = gan_head(channels).to(device)
             params += list(self.head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=self.config.fake_learning_rate, weight_decay=0.0)

@@ -95,6 +95,11 @@ class NetworkTeacher(Teacher):
     def schedule(self):
         return self.parameterization.schedule
 
+    @property
+    @abstractmethod
+    def network(self) -> nn.Module:
+        """The wrapped network (a diffusers model or a plain module): what students copy and adapters go on."""
+
     @abstractmethod
     def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
         """Run the network on its own input and timestep (float64 [B] on the CPU); return its raw prediction."""

@@ -228,6 +228,10 @@ class DiffusersTeacher(NetworkTeacher):
     def check_state(self, x: Tensor) -> None:
         self.adapter.check_state(x)  # any resolution the network accepts, not only sample_size
 
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
     def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
         dtype = self.model.dtype
         return self.adapter(self.model, x_in.to(dtype), timestep.to(torch.float32).to(x_in.device), cond)

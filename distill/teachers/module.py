@@ -59,6 +59,10 @@ class ModuleTeacher(NetworkTeacher):
         teacher.scheduler_config = dict(scheduler_config)
         return teacher
 
+    @property
+    def network(self) -> nn.Module:
+        return self.module
+
     def call_network(self, x_in: Tensor, timestep: Tensor, cond) -> Tensor:
         timestep = timestep.to(x_in.dtype).to(x_in.device)
         return self.module(x_in, timestep) if cond is None else self.module(x_in, timestep, cond)
