@@ -52,3 +52,18 @@ def test_samples_figure_draws_student_and_teacher_rows(tmp_path):
     out = run_script("samples_figure.py", str(tmp_path / "student"), "--per-class", "1", "--teacher-steps", "2",
                      "--out", "figure.png", cwd=tmp_path)
     assert out.count("classified as the requested class") == 3 and (tmp_path / "figure.png").stat().st_size > 0
+
+
+def test_dmd_finetune_prints_progress_and_the_final_rows(tmp_path):
+    import distill
+    from distill.run import StudentConfig, build_student
+
+    build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
+        tmp_path / "student")
+    out = run_script("dmd_finetune.py", str(tmp_path / "student"), "--teacher", "mnist-flow", "--trajectories", "8",
+                     "--steps", "4", "--eval-every", "2", "--samples", "20", "--batch", "4", "--generator-steps",
+                     "1,2", "--out", "run", cwd=tmp_path)
+    progress, final = out.strip().splitlines()
+    assert set(json.loads(progress)) == {"step", "fd1", "fd2"}
+    assert [(r["model"], r["nfe"]) for r in json.loads(final)][-3:] == [("dmd", 1), ("dmd", 2), ("dmd", 4)]
+    assert (tmp_path / "run" / "student").is_dir()
