@@ -281,8 +281,8 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
         for i in bar:
             x = float(times[0]) * noise[i: i + batch_size]
             chunk_cond = _rows(cond, slice(i, i + batch_size))
-            states = [x]
-            x = solve(teacher, x, times, solver, cond=chunk_cond, states=states)  # one solve: multistep solvers too
+            states = None if ends_only else [x]  # every state of one solve (multistep solvers too), kept by stride
+            x = solve(teacher, x, times, solver, cond=chunk_cond, states=states)
             parts.append(x if ends_only else torch.stack(states[::stride], dim=1))  # [B, M, ...]
         stored = {"x": torch.cat(parts), "seconds": time.perf_counter() - start}
         path.parent.mkdir(parents=True, exist_ok=True)

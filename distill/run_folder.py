@@ -21,16 +21,21 @@ from .config import ConfigError, dump, to_dict
 
 RECORD = "config.yaml"
 NOT_COMPARED = ("run_dir", "train.progress")
+UNSET = "<unset>"
 
 
 class RunFolderError(ConfigError):
     """A run folder that holds a run of another config."""
 
 
+def compared(values: dict) -> dict:
+    """The flattened config without the keys that change nothing a folder holds."""
+    return {k: v for k, v in flatten(values).items() if k not in NOT_COMPARED}
+
+
 def config_hash(values: dict) -> str:
     """SHA-256 of the compared keys' canonical JSON."""
-    compared = {k: v for k, v in flatten(values).items() if k not in NOT_COMPARED}
-    return hashlib.sha256(json.dumps(compared, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(compared(values), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -42,31 +47,29 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def differing_keys(old: dict, new: dict) -> list[str]:
-    old_flat, new_flat = flatten(old), flatten(new)
-    keys = sorted(set(old_flat) | set(new_flat))
-    return [k for k in keys if k not in NOT_COMPARED and old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")]
 
 
 def open_run_folder(config, restart: bool = False) -> Path:
     """The run folder of ``config`` (``config.run_dir`` with ``{name}``), claimed for it: created, or checked to hold
     a run of the same config, and the resolved config recorded with its hash."""
     run_dir = Path(config.run_dir.format(name=config.name))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, rank 0 writes
     new = to_dict(config)
     old = recorded_config(run_dir)
     if old is not None:
-        changed = differing_keys(old, new)
+        old_flat, new_flat = compared(old), compared(new)
+        changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k, UNSET) != new_flat.get(k, UNSET))
         if changed and not restart:
-            shown = ", ".join(f"{k} ({_show(old, k)} -> {_show(new, k)})" for k in changed[:4])
+            shown = ", ".join(f"{k} ({_show(old_flat, k)} -> {_show(new_flat, k)})" for k in changed[:4])
             more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
             raise RunFolderError(f"{run_dir} holds a run of another config: {shown}{more}; pass run_dir=<new folder> "
                                  "to keep both, or --restart to move the old run aside and start over")
-        if changed and int(os.environ.get("RANK", "0")) == 0:
+        if changed and main_process:
             aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
             run_dir.rename(aside)
             print(f"--restart: the earlier run in {run_dir} is now {aside}", file=sys.stderr, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, rank 0 writes
+    if main_process:
         text = f"# config sha256 {config_hash(new)}\n" + dump(config)
         temporary = run_dir / f".{RECORD}.tmp"
         temporary.write_text(text)
@@ -91,6 +94,6 @@ def recorded_config(run_dir: Path) -> dict | None:
     return values
 
 
-def _show(values: dict, key: str) -> str:
-    value = flatten(values).get(key, "<unset>")
+def _show(flat: dict, key: str) -> str:
+    value = flat.get(key, UNSET)
     return value if isinstance(value, str) else json.dumps(value)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import distill
+from distill.evaluate import Evaluation
 from distill.objectives import DistributionMatching, DMDConfig
 from distill.run import RunEvalConfig, evaluate_student
 from distill.students import load_student
@@ -49,12 +50,13 @@ def main() -> None:
     data = objective.training_data()
     # a constant learning rate after warm-up, so training to N steps and resuming to 2N is one run of 2N steps
     marks = list(range(args.eval_every, args.steps, args.eval_every)) if args.eval_every else []
+    evaluation = Evaluation(teacher, samples=args.samples, progress=False) if marks else None
     for steps in [*marks, args.steps]:
         config = TrainConfig(steps=steps, batch_size=args.batch, learning_rate=args.lr, warmup_steps=10,
                              ema_decays=[0.99], checkpoint_every=min(100, steps), log_every=25, progress=False)
         result = train(student, objective, data, config, args.out)
         if steps != args.steps:
-            print(json.dumps({"step": steps, **progress_fd(student, result, teacher, args.samples)}), flush=True)
+            print(json.dumps({"step": steps, **progress_fd(student, result, evaluation)}), flush=True)
     student.load_state_dict(ema_state_dict(student, result.ema[0.99]))
     student.requires_grad_(False).eval().save_pretrained(Path(args.out) / "student")
     report = evaluate_student(student, teacher, RunEvalConfig(samples=args.samples, nfe=[1, 2, 4],
@@ -63,13 +65,10 @@ def main() -> None:
     print(json.dumps([{k: row[k] for k in ("model", "nfe", "fd", "agreement")} for row in report["rows"]]))
 
 
-def progress_fd(student, result, teacher, samples: int) -> dict:
+def progress_fd(student, result, evaluation: Evaluation) -> dict:
     """FD at 1 and 2 NFE of the EMA weights so far (the training weights are put back afterwards)."""
-    from distill.evaluate import Evaluation
-
     current = {k: v.clone() for k, v in student.state_dict().items()}
     student.load_state_dict(ema_state_dict(student, result.ema[0.99]))
-    evaluation = Evaluation(teacher, samples=samples, progress=False)
     rows = evaluation.student_rows(student.eval(), [1, 2])
     student.load_state_dict(current)
     student.train()

@@ -10,9 +10,9 @@ from distill.nets import TwoTimeMLP
 from distill.objectives import OBJECTIVES, Batch, TimePairs
 from distill.objectives.base import DistillationObjective
 from distill.students import FlowMap
-from distill.teachers import GaussianMixtureTeacher
 
-F64 = torch.float64
+from .test_objectives import mixture
+
 PAIRS = TimePairs(distribution="uniform", share_equal=0.25, share_zero=0.25)
 STEPS = 1000
 SETTINGS = {  # objective -> config changes for a short run on the 2-D mixture
@@ -27,11 +27,6 @@ STEPS_FOR = {"consistency": 2000}  # CD learns jumps to data only, from data: sl
 # MeanFlow and sCD bootstrap the student's own time derivative and lag every other objective on the analytic teacher
 # (docs/benchmarks.md, "Objectives side by side on the analytic teacher": 0.233 and 0.450 after 8,000 steps)
 LAGGING = {"meanflow", "continuous_consistency"}
-
-
-def mixture():
-    means = torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.5]], dtype=F64)
-    return GaussianMixtureTeacher(means, 0.3, weights=[0.5, 0.3, 0.2])
 
 
 def make(name: str, teacher):
