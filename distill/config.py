@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -51,6 +52,9 @@ def check_keys(values: dict, cls: type, where: str) -> None:
         raise ValueError(f"unknown key '{where}.{unknown[0]}'; use one of {', '.join(fields)}")
 
 
+FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _coerce(hint, value, path: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
@@ -77,6 +81,8 @@ def _coerce(hint, value, path: str):
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and FLOAT_WITHOUT_DOT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 2e-5 (no dot) as a string; the field says it is a number
     wrong_scalar = not isinstance(value, hint) or (hint is int and isinstance(value, bool))
     if hint in (int, float, str, bool) and wrong_scalar:
         raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}")

@@ -38,7 +38,9 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 100
-    lr_decay: str = "constant"  # after warm-up: "constant", or "cosine" down to 0 at the last step
+    lr_decay: str = "constant"  # after warm-up: "constant", or "cosine" down to min_learning_rate at decay_steps
+    decay_steps: int | None = None  # where the cosine ends (default: the last step); constant after it
+    min_learning_rate: float = 0.0  # the cosine's floor (a second phase, such as DMD after a warm start, runs at it)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_accumulation: int = 1
@@ -59,6 +61,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
+        if self.decay_steps is not None and not self.warmup_steps < self.decay_steps <= self.steps:
+            raise ValueError(f"decay_steps must lie in (warmup_steps, steps], got {self.decay_steps}")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ValueError(f"min_learning_rate must lie in [0, learning_rate], got {self.min_learning_rate}")
         if any(not 0 < d < 1 for d in self.ema_decays):
             raise ValueError(f"ema_decays must lie in (0, 1), got {self.ema_decays}")
 
@@ -202,14 +208,17 @@ def _seed(seed: int, index: int) -> int:
 
 
 def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then constant or cosine decay (Loshchilov & Hutter 2017) to 0 at ``config.steps``."""
+    """Linear warm-up, then constant, or cosine decay (Loshchilov & Hutter 2017, eq. 5) from the learning rate to
+    ``min_learning_rate`` at ``decay_steps`` (default ``steps``), constant after it."""
+    end = config.decay_steps or config.steps
+    floor = config.min_learning_rate / config.learning_rate
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
         if config.lr_decay == "constant" or step < config.warmup_steps:
             return warm
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = (step - config.warmup_steps) / max(1, end - config.warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 

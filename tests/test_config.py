@@ -12,9 +12,11 @@ from distill.teachers.training import TeacherConfig
 
 
 def test_presets_resolve_and_overrides_apply():
-    config = load_config(TeacherConfig, "mnist", "teachers", ["train.steps=7", "objective.label_dropout=0.2"])
+    config = load_config(TeacherConfig, "mnist", "teachers", ["train.steps=7", "objective.label_dropout=0.2",
+                                                              "train.learning_rate=2e-5"])
     assert config.train.steps == 7 and config.objective.label_dropout == 0.2
-    assert config.model["class"] == "UNet2DModel" and config.train.learning_rate == 1e-3
+    assert config.train.learning_rate == 2e-5  # YAML 1.1 reads "2e-5" as a string; a float field takes it
+    assert config.model["class"] == "UNet2DModel"
 
 
 def test_unknown_key_names_the_closest_valid_one():

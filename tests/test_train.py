@@ -105,3 +105,19 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path):
 
     with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
         train(tiny_teacher(), always_nan, data, config(max_bad_steps=3), tmp_path / "b")
+
+
+def test_cosine_reaches_its_floor_at_decay_steps_and_stays_there():
+    from distill.train import _lr_lambda
+
+    schedule = TrainConfig(steps=100, learning_rate=1e-3, warmup_steps=10, lr_decay="cosine", decay_steps=60,
+                           min_learning_rate=1e-4)
+    factor = _lr_lambda(schedule)
+    rates = [1e-3 * factor(step) for step in range(100)]
+    assert rates[9] == pytest.approx(1e-3) and rates[35] == pytest.approx(5.5e-4)  # half way: the mean of the ends
+    assert all(rate == pytest.approx(1e-4) for rate in rates[60:])
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    plain = _lr_lambda(TrainConfig(steps=100, warmup_steps=10, lr_decay="cosine"))
+    assert plain(99) == pytest.approx(0.0, abs=1e-3) and plain(55) == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="decay_steps"):
+        TrainConfig(steps=100, warmup_steps=10, decay_steps=200)

@@ -11,8 +11,9 @@ KL divergence between the two distributions at that noise level:
     L_G = 0.5 |x_hat - sg(x_hat - g)|^2                 (so dL_G / dx_hat = g)
 
 The fake score starts as a copy of the teacher and is trained ``fake_updates`` times per generator step (the
-two-time-scale rule) on detached student samples with the teacher's own denoising loss. An optional GAN head on the
-fake network's bottleneck features tells real images from the student's (non-saturating loss, DMD2 §4.2).
+two-time-scale rule) on detached student samples with the teacher's own denoising loss; the first of them is the
+generator step's own sample, as DMD2's loop reuses it, so one fake update costs no extra generation. An optional GAN
+head on the fake network's bottleneck features tells real images from the student's (non-saturating loss, DMD2 §4.2).
 
 The objective owns the fake network, the GAN head and their optimiser: :meth:`state_dict` holds all of them, so a
 killed run resumes bit-identically. The first ``warm_start_steps`` are the trajectory regression
@@ -149,12 +150,12 @@ class DistributionMatching(TrajectoryDistillation):
             self._build(next(unwrap(student).parameters()).device)
         cond = batch.cond
         size = batch.x.shape[0]
-        metrics = {}
-        for _ in range(config.fake_updates):  # two time-scale rule: the fake score tracks the current generator
+        x_hat = self.generate(student, size, cond)  # with gradient: the generator step's sample
+        metrics = self.update_fake(x_hat.detach(), cond)  # the same sample, detached, trains the fake score first
+        for _ in range(config.fake_updates - 1):  # two time-scale rule: the fake score tracks the current generator
             with torch.no_grad():
                 x_fake = self.generate(student, size, cond)
             metrics.update(self.update_fake(x_fake, cond))
-        x_hat = self.generate(student, size, cond)  # with gradient: the generator step
         loss, generator_metrics = self.generator_loss(x_hat, cond)
         metrics.update(generator_metrics)
         if config.regression_weight > 0:
