@@ -12,7 +12,7 @@ quiet_third_party_notices()
 
 from . import conventions, objectives, solvers, teachers  # noqa: E402
 from .solvers import sample, solve, time_grid  # noqa: E402
-from .students import FlowMap, load_student  # noqa: E402
+from .students import FlowMap, TwoTimeFlowMap, load_student  # noqa: E402
 from .teachers import (  # noqa: E402
     DiffusersTeacher,
     GaussianMixtureTeacher,
@@ -33,6 +33,7 @@ __all__ = [
     "ModuleTeacher",
     "Teacher",
     "TrainConfig",
+    "TwoTimeFlowMap",
     "conventions",
     "load_student",
     "load_teacher",

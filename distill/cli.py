@@ -39,7 +39,7 @@ def _sample(args: argparse.Namespace) -> dict:
     if args.class_label is not None:
         cond = torch.full((args.n,), args.class_label, dtype=torch.long)
     if args.guidance is not None and is_student:  # one call per step: the scale is the student's input
-        if not model.guidance_embeddings:
+        if not model.guidance_conditioned:
             raise ValueError(f"{args.model} was not distilled with guidance: distil it with objective.guidance="
                              "[w_min, w_max], or sample its teacher with --guidance")
         cond = with_scale(cond, args.guidance)

@@ -3,8 +3,8 @@
     student = distill.FlowMap.from_teacher(teacher)
     add_lora(student, LoraSettings(rank=8))          # only adapters + gap embedding keep requires_grad
     ...train with any objective...
-    save_adapter(student, "adapter")                 # adapter/: adapter_config.json + adapter_model.safetensors (PEFT)
-    student = load_adapter("adapter", teacher)       # onto a fresh copy of the teacher's network
+    student.save_pretrained("adapter")               # adapter/: adapter_config.json + adapter_model.safetensors (PEFT)
+    student = distill.load_student("adapter", teacher)  # onto a fresh copy of the teacher's network
     merged = merge_lora(student)                     # plain layers again (for export)
 
 The adapter folder is PEFT's own format, so ``peft.PeftModel.from_pretrained(teacher_network, "adapter")`` loads it
@@ -15,14 +15,10 @@ transformers). Neither carries the gap embedding, which lives beside them in ``g
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from torch import nn
-
-from .student_outputs import student_class
-from .students import STUDENT_FILE, FlowMap
 
 # Default targets by network class. A UNet: each resnet's two convolutions and the projection of the time embedding
 # into it, through which the gap embedding acts (at equal size, the best of the adapters measured on the MNIST
@@ -58,6 +54,10 @@ class LoraSettings:
             return self
         return replace(self, target_modules=DEFAULT_TARGETS.get(type(network).__name__, ATTENTION_TARGETS))
 
+    def as_dict(self) -> dict:
+        """The fields, as ``student.json`` records them."""
+        return asdict(self)
+
     def peft_config(self):
         from peft import LoraConfig
 
@@ -86,10 +86,10 @@ def inject_lora(network: nn.Module, settings: LoraSettings) -> LoraSettings:
     return settings
 
 
-def add_lora(student: FlowMap, settings: LoraSettings | None = None) -> FlowMap:
-    """Inject LoRA adapters into a ``from_teacher`` student's network (in place) and freeze everything else but the
+def add_lora(student: nn.Module, settings: LoraSettings | None = None) -> nn.Module:
+    """Inject LoRA adapters into a ``TeacherFlowMap``'s network (in place) and freeze everything else but the
     gap (and guidance) embeddings. The adapters start at zero, so the student's outputs do not change."""
-    if not student.gap_embeddings:
+    if student.kind != "from_teacher":
         raise ValueError("LoRA adapts a student built on a teacher's network (FlowMap.from_teacher)")
     student.lora = inject_lora(student.base.network, settings or LoraSettings())
     for name, parameter in student.named_parameters():
@@ -123,43 +123,21 @@ def write_adapter(network: nn.Module, settings: LoraSettings, folder: Path) -> N
     save_file(adapter_state(network), folder / ADAPTER_WEIGHTS)
 
 
-def save_adapter(student: FlowMap, folder: str | Path) -> Path:
-    """Write a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) plus the gap embedding
-    and ``student.json`` (kind ``lora``, the teacher it adapts)."""
-    settings = student.lora
-    if settings is None:
-        raise ValueError("this student has no LoRA adapters (add_lora first); save it with save_pretrained")
-    folder = Path(folder)
-    write_adapter(student.base.network, settings, folder)
-    student.save_embeddings(folder)
-    spec = {"kind": "lora", "output": student.output_rule, "lora": asdict(settings), "info": student.info,
-            **student.guidance_spec()}
-    (folder / STUDENT_FILE).write_text(json.dumps(spec, indent=2))
-    return folder
-
-
-def load_adapter(folder: str | Path, teacher) -> FlowMap:
-    """A LoRA student: a fresh ``FlowMap.from_teacher(teacher)`` with the saved adapters and gap embedding."""
+def read_adapter(network: nn.Module, folder: Path) -> None:
+    """Load :func:`write_adapter`'s weights into ``network``'s injected adapters (in place)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    folder = Path(folder)
     if not (folder / ADAPTER_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{folder} holds no LoRA adapter (adapter_model.safetensors missing)")
-    spec = json.loads((folder / STUDENT_FILE).read_text())
-    settings = LoraSettings(**spec["lora"])
-    student = add_lora(student_class(spec.get("output", FlowMap.output_rule)).from_teacher(teacher), settings)
+        raise FileNotFoundError(f"{folder} holds no LoRA adapter ({ADAPTER_WEIGHTS} missing)")
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
-    result = set_peft_model_state_dict(student.base.network, state)
+    result = set_peft_model_state_dict(network, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{folder}: the adapter does not fit this teacher (unexpected {unexpected[0]})")
-    student.load_embeddings(folder, spec)
-    student.info = spec["info"]
-    return student
 
 
-def merge_lora(student: FlowMap) -> FlowMap:
+def merge_lora(student: nn.Module) -> nn.Module:
     """Fold the adapters into the layers they adapt (``W + (alpha / r) B A``) and put plain layers back, in place:
     the result has no PEFT modules (what ONNX export and serving want)."""
     merge_network_lora(student.base.network)

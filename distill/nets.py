@@ -158,4 +158,5 @@ class TwoTimeUNet(nn.Module):
         return self.output(h)
 
 
-NETWORKS = {"VelocityMLP": VelocityMLP, "TwoTimeMLP": TwoTimeMLP, "TwoTimeUNet": TwoTimeUNet}
+TWO_TIME_NETWORKS = {"TwoTimeMLP": TwoTimeMLP, "TwoTimeUNet": TwoTimeUNet}  # (x, t, s, cond) -> F: student networks
+NETWORKS = {"VelocityMLP": VelocityMLP, **TWO_TIME_NETWORKS}

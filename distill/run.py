@@ -13,15 +13,15 @@ import torch
 
 from .config import ConfigError, build, check_keys
 from .data import Dataset, class_cycle, load_dataset
-from .nets import NETWORKS
+from .lora import LoraSettings, add_lora
+from .nets import TWO_TIME_NETWORKS
 from .objectives import OBJECTIVES
 from .run_folder import open_run_folder
-from .student_outputs import VelocityFlowMap, student_class
-from .students import FlowMap, jump_gains
+from .students import OUTPUT_RULES, FlowMap, TeacherFlowMap, TwoTimeFlowMap, VelocityFlowMap, jump_gains, student_class
 from .train import TrainConfig, ema_state_dict, train
 
 CONVERSION_STEPS = 300  # teaching a copied network a new output rule (measured: see the README's output rules)
-STUDENT_KINDS = ("from_teacher", "lora", *[name for name in NETWORKS if name.startswith("TwoTime")])
+STUDENT_KINDS = ("from_teacher", "lora", *TWO_TIME_NETWORKS)  # student.kind: on the teacher's network, or a built-in
 
 
 @dataclass
@@ -31,7 +31,7 @@ class StudentConfig:
     fields: rank, alpha, target_modules, dropout) or a built-in two-time network (``TwoTimeMLP``, ``TwoTimeUNet``)
     built from ``network``'s arguments. ``weights``: what is saved as the student: ``ema`` (the first of
     ``train.ema_decays``) or ``raw``. ``output``: how a student on the teacher's network reads its output
-    (``distill.student_outputs.OUTPUT_RULES``: ``teacher``, ``velocity``, ``data``, ``preconditioned``); ``auto``
+    (``distill.students.OUTPUT_RULES``: ``teacher``, ``velocity``, ``data``, ``preconditioned``); ``auto``
     keeps the teacher's own rule unless a jump of the 1-, 2- or 4-step grid would amplify the network's error by more
     than 2 (an epsilon teacher), and then takes ``velocity`` (measured best of the three on the epsilon teacher)."""
 
@@ -42,15 +42,11 @@ class StudentConfig:
     output: str = "auto"
 
     def __post_init__(self):
-        from .student_outputs import OUTPUT_RULES
-
         if self.kind not in STUDENT_KINDS:
             raise ValueError(f"unknown student kind {self.kind!r}; use one of {', '.join(STUDENT_KINDS)}")
         if self.output != "auto" and self.output not in OUTPUT_RULES:
             raise ValueError(f"unknown student.output {self.output!r}; use auto or one of {', '.join(OUTPUT_RULES)}")
         if self.lora:
-            from .lora import LoraSettings
-
             check_keys(self.lora, LoraSettings, "student.lora")
             LoraSettings(**self.lora)  # rank and targets checked before any weights load
         if self.weights not in ("ema", "raw"):
@@ -148,15 +144,13 @@ def build_student(teacher, config: StudentConfig, teacher_spec: str,
         if guidance_range is not None:
             student.add_guidance_embedding(default=guidance_range[0])
         if config.kind == "lora":
-            from .lora import LoraSettings, add_lora
-
             add_lora(student, LoraSettings(**config.lora))
     else:
         if guidance_range is not None:
             raise ValueError(f"a guidance range needs a student on the teacher's network (student.kind=from_teacher "
                              f"or lora), not {config.kind}")
-        network = NETWORKS[config.kind](**config.network)
-        student = FlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=teacher.sample_shape)
+        network = TWO_TIME_NETWORKS[config.kind](**config.network)
+        student = TwoTimeFlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=teacher.sample_shape)
     student.info = {**teacher.info, "teacher": teacher_spec}
     if guidance_range is not None:
         student.info["guidance_range"] = list(guidance_range)
@@ -172,7 +166,7 @@ def output_rule(teacher, choice: str = "auto", max_gain: float = 2.0) -> str:
 
     probe = FlowMap.from_teacher(teacher)
     gains = [float(gain) for steps in (1, 2, 4) for gain in jump_gains(probe, time_grid(teacher, steps))]
-    return FlowMap.output_rule if max(gains) <= max_gain else VelocityFlowMap.output_rule
+    return TeacherFlowMap.output_rule if max(gains) <= max_gain else VelocityFlowMap.output_rule
 
 
 def resolve_output_rule(config: DistillConfig, teacher) -> None:
@@ -182,7 +176,7 @@ def resolve_output_rule(config: DistillConfig, teacher) -> None:
     if config.student.kind not in ("from_teacher", "lora"):
         return
     config.student.output = output_rule(teacher, config.student.output)
-    changed = config.student.output != FlowMap.output_rule
+    changed = config.student.output != TeacherFlowMap.output_rule
     config.objective = {"conversion_steps": CONVERSION_STEPS if changed else 0, **config.objective}
 
 
@@ -260,7 +254,7 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
     from .evaluate import REFERENCE_SOLVER, Evaluation, markdown_table, plot_quality, report
 
     scales: list = [None]
-    if student.guidance_embeddings:
+    if student.guidance_conditioned:
         scales = config.guidance or student.info.get("guidance_range") or [student.default_guidance]
     rows = []
     for scale in scales:

@@ -29,8 +29,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.conventions import per_example
-
 GRAPHS = ("sampler", "jump")
 EXPORTERS = ("dynamo", "torchscript")
 CONVENTION = ("rectified flow: x_t = (1 - t) x_data + t noise, t = 0 data, t = 1 noise; "
@@ -71,59 +69,26 @@ class OnnxExportConfig:
             raise ValueError(f"opset must be >= 18, got {self.opset}")
 
 
-# --- the jump as scalars times tensors ------------------------------------------------------------------------
-def velocity_coefficients(student, t: Tensor) -> dict[str, Tensor]:
-    """float64 [N] scalars of a student on a teacher's network at canonical ``t``: ``F = a x + b out`` with
-    ``out = net(c_in x, timestep)`` (the teacher's ``Parameterization.model_input`` and the student's output rule,
-    ``FlowMap.output_coefficients``; both linear at fixed ``t``)."""
-    t = t.to(torch.float64)
-    c_in, timestep = student.base.parameterization.model_input(torch.ones(len(t), 1, dtype=torch.float64), t)
-    a, b = student.output_coefficients(t)
-    return {"c_in": c_in[:, 0], "timestep": timestep, "a": a, "b": b}
-
-
-def jump_scalars(c_in: Tensor, timestep: Tensor, a: Tensor, b: Tensor, t: Tensor, s: Tensor) -> dict[str, Tensor]:
-    """``X(x, t, s) = x + (s - t) v = p x + q out`` with ``p = 1 + (s - t) a``, ``q = (s - t) b``."""
-    return {"c_in": c_in, "timestep": timestep, "p": 1 + (s - t) * a, "q": (s - t) * b, "gap": t - s}
-
-
-def _on_teacher_network(student) -> bool:
-    from distill.teachers.base import NetworkTeacher
-
-    return isinstance(student.base, NetworkTeacher)
-
-
-def teacher_network_jump(student, x: Tensor, scalars: dict[str, Tensor], cond: Tensor | None,
-                         guidance: Tensor | None = None) -> Tensor:
-    """``p x + q net(c_in x, timestep, gap (, w))`` for a student on a teacher's network; per-example scalars are
-    [B] tensors or float32 scalars; ``guidance`` [B]: a guidance-conditioned student's scale."""
-    batch = x.shape[0]
-    with student.embedding_inputs(scalars["gap"].expand(batch), guidance):
-        out = student.base.call_network(x * per_example(scalars["c_in"], x), scalars["timestep"].expand(batch), cond)
-    return per_example(scalars["p"], x) * x + per_example(scalars["q"], x) * out.to(x.dtype)
-
-
+# --- the jump as scalars times tensors (each student kind's time_scalars / step_scalars / scalar_jump) ----------
 FLOAT_COPY = "float_copy"  # name scope of the network copy that stays float in a mixed-precision sampler
 
 
 class SamplerGraph(nn.Module):
-    """``noise (+ class labels) -> sample``: ``x = t_0 noise``, then one jump per step of ``times`` (float64
-    scalars computed at construction, stored as float32 buffers).
+    """``noise (+ class labels) -> sample``: ``x = t_0 noise``, then one jump per step of ``times``, each reading
+    the student's per-step scalars (``FlowMap.step_scalars``, computed in float64 at construction, stored as float32
+    buffers).
 
-    Steps listed in ``float_steps`` call a separate copy of the network (module ``float_copy``), which a quantiser
+    Steps listed in ``float_steps`` call a separate copy of the student (module ``float_copy``), which a quantiser
     leaves in float: the steps whose jump amplifies the network's output error (see :func:`step_gains`)."""
 
     def __init__(self, student, times: Tensor, float_steps: tuple[int, ...] = ()):
         super().__init__()
         self.times, self.float_steps = times, tuple(float_steps)
-        self.on_network = _on_teacher_network(student)
-        self.student = student if self.on_network else student.base
-        self.float_copy = copy.deepcopy(self.student) if self.float_steps else None
-        pairs = (times[:-1], times[1:])
-        if self.on_network:
-            scalars = jump_scalars(**velocity_coefficients(student, pairs[0]), t=pairs[0], s=pairs[1])
-        else:
-            scalars = {"t": pairs[0], "s": pairs[1]}
+        self.student = student
+        self.float_copy = copy.deepcopy(student) if self.float_steps else None
+        t, s = times[:-1].to(torch.float64), times[1:].to(torch.float64)
+        scalars = student.step_scalars(student.time_scalars(t), t, s)
+        self.names = tuple(scalars)
         for name, values in scalars.items():
             self.register_buffer(f"step_{name}", values.to(torch.float32), persistent=False)
         self.t_start = float(times[0])
@@ -131,14 +96,9 @@ class SamplerGraph(nn.Module):
     def forward(self, noise: Tensor, class_labels: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         x = noise * self.t_start
         for k in range(len(self.times) - 1):
-            network = self.float_copy if k in self.float_steps else self.student
-            if self.on_network:
-                names = ("c_in", "timestep", "p", "q", "gap")
-                scalars = {n: getattr(self, f"step_{n}")[k] for n in names}
-                x = teacher_network_jump(network, x, scalars, class_labels, guidance)
-            else:
-                t, s = self.step_t[k].expand(x.shape[0]), self.step_s[k].expand(x.shape[0])
-                x = x + per_example(s - t, x) * network(x, t, s, class_labels)
+            student = self.float_copy if k in self.float_steps else self.student
+            scalars = {name: getattr(self, f"step_{name}")[k] for name in self.names}
+            x = student.scalar_jump(x, scalars, class_labels, guidance)
         return x
 
 
@@ -153,33 +113,35 @@ def step_gains(student, times: Tensor) -> list[float]:
 class JumpGraph(nn.Module):
     """``(x, t, s (+ class labels)) -> X(x, t, s)`` for any ``t >= s`` in the student's range.
 
-    A student on a teacher's network reads ``c_in``, ``timestep`` and the velocity coefficients from a dense float64
-    table over ``t`` (linear interpolation; index = number of table points <= t, an ONNX-friendly searchsorted)."""
+    The student's per-time scalars (``FlowMap.time_scalars``: for a student on a teacher's network ``c_in``,
+    ``timestep`` and the velocity coefficients) come from a dense float64 table over ``t`` (linear interpolation;
+    index = number of table points <= t, an ONNX-friendly searchsorted)."""
 
     def __init__(self, student, table_size: int = 8193):
         super().__init__()
         self.student = student
-        self.on_network = _on_teacher_network(student)
-        if self.on_network:
-            # t = 0 is left out: a sample-predicting network gives no velocity there (X(x, 0, 0) = x anyway).
-            grid = torch.linspace(max(student.t_min, 1e-5), student.t_max, table_size, dtype=torch.float64)
-            columns = list(velocity_coefficients(student, grid).values())  # c_in, timestep, a, b
+        # t = 0 is left out: a sample-predicting network gives no velocity there (X(x, 0, 0) = x anyway).
+        grid = torch.linspace(max(student.t_min, 1e-5), student.t_max, table_size, dtype=torch.float64)
+        columns = student.time_scalars(grid)
+        self.names = tuple(columns)
+        if columns:
             self.register_buffer("table_t", grid.to(torch.float32), persistent=False)
-            self.register_buffer("table", torch.stack(columns, 1).to(torch.float32), persistent=False)  # [N, 4]
+            self.register_buffer("table", torch.stack(list(columns.values()), 1).to(torch.float32), persistent=False)
 
-    def _interpolate(self, t: Tensor) -> Tensor:
+    def _interpolate(self, t: Tensor) -> dict[str, Tensor]:
+        if not self.names:
+            return {}
         index = (self.table_t[None, :] <= t[:, None]).sum(1) - 1  # [B]
         index = index.clamp(0, len(self.table_t) - 2)
         t0, t1 = self.table_t[index], self.table_t[index + 1]
         w = ((t - t0) / (t1 - t0))[:, None]
-        return self.table[index] * (1 - w) + self.table[index + 1] * w  # [B, 4]
+        values = self.table[index] * (1 - w) + self.table[index + 1] * w  # [B, columns]
+        return dict(zip(self.names, values.unbind(1)))
 
     def forward(self, x: Tensor, t: Tensor, s: Tensor, class_labels: Tensor | None = None,
                 guidance: Tensor | None = None) -> Tensor:
-        if not self.on_network:
-            return x + per_example(s - t, x) * self.student.base(x, t, s, class_labels)
-        scalars = jump_scalars(*self._interpolate(t).unbind(1), t, s)
-        return teacher_network_jump(self.student, x, scalars, class_labels, guidance)
+        scalars = self.student.step_scalars(self._interpolate(t), t, s)
+        return self.student.scalar_jump(x, scalars, class_labels, guidance)
 
 
 # --- export ---------------------------------------------------------------------------------------------------
@@ -208,7 +170,7 @@ def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[s
     classes = student.info.get("num_classes")
     if classes:
         inputs["class_labels"] = torch.randint(0, classes, (batch,), generator=generator)
-    if student.guidance_embeddings:
+    if student.guidance_conditioned:
         low, high = student.info.get("guidance_range") or [student.default_guidance] * 2
         inputs["guidance"] = low + (high - low) * torch.rand(batch, generator=generator)
     return inputs
@@ -243,7 +205,7 @@ def export_onnx(student, path: str | Path, config: OnnxExportConfig | None = Non
         "t_min": student.t_min, "t_max": student.t_max, "sample_shape": list(student.sample_shape),
         "num_classes": student.info.get("num_classes"), "inputs": names, "output": _output_name(config.graph),
         "guidance": {"default": student.default_guidance, "range": student.info.get("guidance_range")}
-        if student.guidance_embeddings else None,
+        if student.guidance_conditioned else None,
         "precision": "fp32", "exporter": exporter, "opset": config.opset, "source": source,
         "source_sha256": weights_hash(student), "teacher": student.info.get("teacher") or student.info.get("name"),
     }

@@ -184,11 +184,7 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
     student, teacher = load_model(model)
     if not isinstance(student, FlowMap):
         raise ValueError(f"{model} is a teacher, not a flow-map student: distil one with `distill run` first")
-    if student.lora is not None:  # adapters folded into the layers: plain graphs, same function
-        from distill.lora import merge_lora
-
-        merge_lora(student)
-    student.eval().requires_grad_(False)
+    student = student.merged().eval().requires_grad_(False)
     threads = config.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     evaluation = Evaluation(teacher, samples=config.samples, progress=False) if teacher and config.samples else None

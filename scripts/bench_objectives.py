@@ -25,7 +25,7 @@ from distill.data import Dataset
 from distill.metrics import sliced_wasserstein
 from distill.nets import TwoTimeMLP
 from distill.objectives import OBJECTIVES, TimePairs
-from distill.students import FlowMap
+from distill.students import TwoTimeFlowMap
 from distill.train import TrainConfig, ema_state_dict, train
 
 # DMD's fake score is a trainable copy of the teacher's network; an analytic teacher has none (scripts/bench_distill.py
@@ -74,7 +74,7 @@ def evaluate(student, teacher, ref: dict, gamma: float = 0.0) -> dict:
 def run(name: str, teacher, data: Dataset, ref: dict, args) -> dict:
     torch.manual_seed(args.seed)
     network = TwoTimeMLP(hidden=args.hidden, time_scale=args.time_scale)
-    student = FlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=(2,))
+    student = TwoTimeFlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=(2,))
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, warmup_steps=100,
                          lr_decay="cosine", ema_decays=[0.999], checkpoint_every=args.steps, log_every=100,
                          progress=False, seed=args.seed)

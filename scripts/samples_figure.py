@@ -39,7 +39,7 @@ def main() -> None:
     classes = student.info.get("num_classes")
     if not classes:
         raise SystemExit(f"{args.student} is not class-conditional: this picture has a column per class")
-    scales = args.scales if student.guidance_embeddings else [None]
+    scales = args.scales if student.guidance_conditioned else [None]
     labels = torch.arange(classes).repeat_interleave(args.per_class)
     noise = torch.randn(len(labels), *student.sample_shape, generator=torch.Generator().manual_seed(args.seed))
     data = student.info["data"]

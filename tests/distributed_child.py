@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from distill.data import Dataset
 from distill.nets import TwoTimeMLP
 from distill.objectives import MeanFlow
-from distill.students import FlowMap
+from distill.students import TwoTimeFlowMap
 from distill.teachers import GaussianMixtureTeacher
 from distill.train import TrainConfig, train
 
@@ -23,7 +23,7 @@ def main() -> None:
     teacher = GaussianMixtureTeacher(means, 0.3)
     data = Dataset(teacher.sample_data(256, torch.Generator().manual_seed(0)).float())
     torch.manual_seed(0)
-    student = FlowMap(TwoTimeMLP(hidden=16, depth=2, embedding_dim=8, time_scale=100.0), sample_shape=(2,))
+    student = TwoTimeFlowMap(TwoTimeMLP(hidden=16, depth=2, embedding_dim=8, time_scale=100.0), sample_shape=(2,))
     config = TrainConfig(steps=4, batch_size=16, grad_accumulation=accumulation, learning_rate=1e-2, warmup_steps=1,
                          checkpoint_every=2, log_every=1, progress=False, ema_decays=[0.9])
     train(student, MeanFlow(teacher), data, config, out / "run")

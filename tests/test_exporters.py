@@ -13,8 +13,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from distill.nets import TwoTimeMLP  # noqa: E402
-from distill.student_outputs import PreconditionedFlowMap  # noqa: E402
-from distill.students import FlowMap  # noqa: E402
+from distill.students import FlowMap, PreconditionedFlowMap, TeacherFlowMap, TwoTimeFlowMap  # noqa: E402
 from distill.teachers import DiffusersTeacher  # noqa: E402
 from exporters.onnx import OnnxExportConfig, export_onnx, read_metadata, step_gains  # noqa: E402
 from exporters.quantize import QuantizeConfig, quantize_onnx  # noqa: E402
@@ -24,7 +23,7 @@ from exporters.runtime import OnnxSampler  # noqa: E402
 from .conftest import tiny_unet  # noqa: E402
 
 
-def unet_student(student_class: type[FlowMap] = FlowMap) -> FlowMap:
+def unet_student(student_class: type[TeacherFlowMap] = TeacherFlowMap) -> FlowMap:
     """A class-conditional epsilon-prediction DDPM student whose gap embedding is not zero (so it matters)."""
     from diffusers import DDPMScheduler
 
@@ -39,7 +38,7 @@ def unet_student(student_class: type[FlowMap] = FlowMap) -> FlowMap:
 
 def mlp_student() -> FlowMap:
     torch.manual_seed(0)
-    return FlowMap(TwoTimeMLP(dim=2, hidden=32, depth=2), sample_shape=(2,)).eval()
+    return TwoTimeFlowMap(TwoTimeMLP(dim=2, hidden=32, depth=2), sample_shape=(2,)).eval()
 
 
 STUDENTS = {"unet": unet_student, "mlp": mlp_student,

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from distill.lora import LoraSettings, add_lora, load_adapter, merge_lora, save_adapter  # noqa: E402
+from distill.lora import LoraSettings, add_lora, merge_lora  # noqa: E402
 from distill.students import FlowMap, load_student  # noqa: E402
 from distill.teachers import DiffusersTeacher  # noqa: E402
 
@@ -57,9 +57,9 @@ def test_adapter_round_trip_and_loads_with_peft(tmp_path):
     student = trained_lora_student()
     x, t, s = inputs()
     labels = torch.tensor([4, 5, 6])
-    save_adapter(student, tmp_path / "adapter")
+    student.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-    fresh = load_adapter(tmp_path / "adapter", teacher()).eval()
+    fresh = load_student(tmp_path / "adapter", teacher()).eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(x, t, s, labels), student(x, t, s, labels), rtol=0, atol=0)
         # PEFT's own loader puts the same adapters on the original teacher network (no gap embedding there)
@@ -120,7 +120,7 @@ def test_diffusers_load_lora_adapter_reads_the_adapter_folder(tmp_path):
         for parameter in student.parameters():
             if parameter.requires_grad:
                 parameter.normal_(0, 0.05)
-    save_adapter(student, tmp_path / "adapter")
+    student.save_pretrained(tmp_path / "adapter")
     original = DiffusersTeacher(tiny_unet_condition(), DDIMScheduler())
     original.model.load_lora_adapter(str(tmp_path / "adapter"), prefix="base_model.model",
                                      weight_name="adapter_model.safetensors")

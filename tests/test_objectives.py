@@ -116,12 +116,12 @@ def test_progressive_later_rounds_compose_the_frozen_student():
 def test_meanflow_trains_a_student_in_the_loop(tmp_path):
     from distill.data import Dataset
     from distill.nets import TwoTimeMLP
-    from distill.students import FlowMap
+    from distill.students import TwoTimeFlowMap
     from distill.train import TrainConfig, train
 
     teacher = mixture()
     torch.manual_seed(0)
-    student = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
+    student = TwoTimeFlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
     data = Dataset(teacher.sample_data(512, torch.Generator().manual_seed(1)).float())
     objective = MeanFlow(teacher)
     loss = objective(student, Batch(data.x[:64]), step=0).loss
@@ -197,7 +197,7 @@ def test_guidance_scale_reaches_the_teacher():
 def test_ema_target_resumes_with_the_run(tmp_path):
     from distill.data import Dataset
     from distill.nets import TwoTimeMLP
-    from distill.students import FlowMap
+    from distill.students import TwoTimeFlowMap
     from distill.train import TrainConfig, train
 
     teacher = mixture()
@@ -205,7 +205,7 @@ def test_ema_target_resumes_with_the_run(tmp_path):
 
     def run(steps, folder):
         torch.manual_seed(0)
-        student = FlowMap(TwoTimeMLP(hidden=16, depth=2, embedding_dim=8), sample_shape=(2,))
+        student = TwoTimeFlowMap(TwoTimeMLP(hidden=16, depth=2, embedding_dim=8), sample_shape=(2,))
         objective = ConsistencyDistillation(teacher, ConsistencyDistillationConfig(target_ema=0.9, intervals=8))
         config = TrainConfig(steps=steps, batch_size=32, learning_rate=1e-2, warmup_steps=1, progress=False,
                              checkpoint_every=3, log_every=1)

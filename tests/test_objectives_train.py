@@ -9,7 +9,7 @@ import torch
 from distill.nets import TwoTimeMLP
 from distill.objectives import OBJECTIVES, Batch, TimePairs
 from distill.objectives.base import DistillationObjective
-from distill.students import FlowMap
+from distill.students import FlowMap, TwoTimeFlowMap
 
 from .test_objectives import mixture
 
@@ -37,7 +37,7 @@ def make(name: str, teacher):
 
 def student_for(teacher, seed: int = 0) -> FlowMap:
     torch.manual_seed(seed)
-    return FlowMap(TwoTimeMLP(hidden=64, depth=3, time_scale=100.0), t_min=teacher.t_min, t_max=teacher.t_max,
+    return TwoTimeFlowMap(TwoTimeMLP(hidden=64, depth=3, time_scale=100.0), t_min=teacher.t_min, t_max=teacher.t_max,
                    sample_shape=(2,))
 
 

@@ -1,4 +1,4 @@
-"""Students that read the teacher's network output by another rule (distill.student_outputs): the flow-map rules, the
+"""Students that read the teacher's network output by another rule (distill.students.outputs): the flow-map rules, the
 error gains the exporters bake, persistence, the automatic choice and the conversion that teaches the new output."""
 
 from __future__ import annotations
@@ -10,13 +10,21 @@ from distill.objectives import TrajectoryConfig, TrajectoryDistillation
 from distill.objectives.base import Batch
 from distill.run import output_rule
 from distill.solvers import time_grid
-from distill.student_outputs import OUTPUT_RULES, DataFlowMap, PreconditionedFlowMap, VelocityFlowMap, student_class
-from distill.students import FlowMap, jump_gains, load_student
+from distill.students import (
+    OUTPUT_RULES,
+    DataFlowMap,
+    PreconditionedFlowMap,
+    TeacherFlowMap,
+    VelocityFlowMap,
+    jump_gains,
+    load_student,
+    student_class,
+)
 from distill.teachers import DiffusersTeacher
 
 from .conftest import tiny_unet
 
-NEW_RULES = [name for name in OUTPUT_RULES if name != FlowMap.output_rule]
+NEW_RULES = [name for name in OUTPUT_RULES if name != TeacherFlowMap.output_rule]
 
 
 def epsilon_teacher() -> DiffusersTeacher:
@@ -70,7 +78,7 @@ def test_data_rules_are_the_ddim_form():
 def test_new_rules_keep_every_jump_gain_below_one_where_epsilon_needs_157():
     teacher = epsilon_teacher()
     grids = [time_grid(teacher, steps) for steps in (1, 2, 4)]
-    native = FlowMap.from_teacher(teacher)
+    native = TeacherFlowMap.from_teacher(teacher)
     assert float(jump_gains(native, grids[0])[0]) > 100
     for rule in NEW_RULES:
         student = student_class(rule).from_teacher(teacher)
@@ -78,7 +86,7 @@ def test_new_rules_keep_every_jump_gain_below_one_where_epsilon_needs_157():
 
 
 def test_auto_choice_keeps_a_flow_teachers_rule_and_replaces_epsilon():
-    assert output_rule(flow_teacher()) == FlowMap.output_rule
+    assert output_rule(flow_teacher()) == TeacherFlowMap.output_rule
     assert output_rule(epsilon_teacher()) == VelocityFlowMap.output_rule
     assert output_rule(epsilon_teacher(), "data") == "data"
     with pytest.raises(ValueError, match="unknown student output 'eps'"):

@@ -7,7 +7,7 @@ import torch
 
 import distill
 from distill.nets import VelocityMLP
-from distill.students import FlowMap, load_student
+from distill.students import FlowMap, TwoTimeFlowMap, load_student
 from distill.teachers import DiffusersTeacher, ModuleTeacher
 
 from .conftest import tiny_dit, tiny_sd3, tiny_unet, tiny_unet_condition
@@ -102,7 +102,7 @@ def test_from_scratch_two_time_network(tmp_path, kind):
         network, shape, cond = TwoTimeMLP(hidden=32), (2,), None
     else:
         network, shape, cond = TwoTimeUNet(channels=1, width=8, num_classes=3), (1, 8, 8), torch.tensor([0, 1, 2] * 2)
-    student = FlowMap(network, sample_shape=shape)
+    student = TwoTimeFlowMap(network, sample_shape=shape)
     x = torch.randn(6, *shape)
     with torch.no_grad():
         assert torch.equal(student(x, 0.7, 0.7, cond), x)
@@ -120,7 +120,7 @@ def test_gamma_sampling_ends_between_deterministic_and_consistency_multistep():
     from distill.nets import TwoTimeMLP
 
     torch.manual_seed(0)
-    student = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
+    student = TwoTimeFlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,))
     noise = torch.randn(8, 2)
     times = torch.tensor([1.0, 0.5, 0.0])
     deterministic = distill.sample(student, noise, times=times)
@@ -169,7 +169,7 @@ def test_diffusers_flow_map_scheduler_loop_equals_distill_sample(tmp_path, kind)
         for embedding in student.gap_embeddings:
             torch.nn.init.normal_(embedding.mlp[-1].weight, std=0.1)  # a student that is not one Euler step
     else:
-        student, shape = FlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,)), (2,)
+        student, shape = TwoTimeFlowMap(TwoTimeMLP(hidden=32), sample_shape=(2,)), (2,)
     student.save_pretrained(tmp_path / "student")
     scheduler = FlowMapEulerDiscreteScheduler.from_pretrained(tmp_path / "student", subfolder="scheduler")
     noise = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))

@@ -52,7 +52,7 @@ class DistillationConfig:
     ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``, ``adaptive_c``: the adaptive weight
     ``1 / (d + c)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off).
     ``conversion_steps``: the first steps teach a student whose output rule differs from its teacher's
-    (``distill.student_outputs``) its new output, ``F(x_t, t, t) = v_teacher(x_t, t)``, before the objective itself."""
+    (``distill.students.outputs``) its new output, ``F(x_t, t, t) = v_teacher(x_t, t)``, before the objective itself."""
 
     times: TimePairs = field(default_factory=TimePairs)
     guidance: float | list[float] | None = None

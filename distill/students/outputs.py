@@ -7,7 +7,7 @@ Each class here reads the same network's raw output ``out`` (on the teacher's ow
 that the gain ``|q|`` is at most 1 on every jump. At initialisation ``out`` is still the teacher's prediction: a short
 conversion (``objective.conversion_steps``) teaches the copied network its new output before distillation.
 
-Every rule is ``F(x, t, s) = a(t) x + b(t) out`` (:meth:`FlowMap.output_coefficients`), which the exporters bake.
+Every rule is ``F(x, t, s) = a(t) x + b(t) out`` (:meth:`TeacherFlowMap.output_coefficients`), which the exporters bake.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .conventions import per_example
-from .students import FlowMap
+from ..conventions import per_example
+from .teacher_network import TeacherFlowMap
 
 
-class VelocityFlowMap(FlowMap):
+class VelocityFlowMap(TeacherFlowMap):
     """The network outputs the average velocity itself, ``F = out``: gain ``t - s <= 1`` (MeanFlow's and the
     flow-map students' native head; what a flow-matching teacher's student has anyway)."""
 
@@ -29,7 +29,7 @@ class VelocityFlowMap(FlowMap):
         return out
 
 
-class DataFlowMap(FlowMap):
+class DataFlowMap(TeacherFlowMap):
     """The "DDIM form" ``X(x, t, s) = (s / t) x + (1 - s / t) D`` with ``D = out`` a direct data prediction (Kim et al.
     2023, CTM eq. 5), so ``F = (x - D) / t`` and the gain on ``X`` is ``1 - s / t <= 1``."""
 
@@ -62,19 +62,3 @@ class PreconditionedFlowMap(DataFlowMap):
         alpha, sigma, sd2 = 1 - t, t, self.sigma_data**2
         norm = alpha**2 * sd2 + sigma**2
         return alpha * sd2 / norm, sigma * self.sigma_data / norm.sqrt()
-
-
-# student.output in configs and student.json -> the student class
-OUTPUT_RULES: dict[str, type[FlowMap]] = {
-    FlowMap.output_rule: FlowMap,
-    VelocityFlowMap.output_rule: VelocityFlowMap,
-    DataFlowMap.output_rule: DataFlowMap,
-    PreconditionedFlowMap.output_rule: PreconditionedFlowMap,
-}
-
-
-def student_class(output_rule: str) -> type[FlowMap]:
-    """The student class of an output rule, with a one-line error naming the valid ones."""
-    if output_rule not in OUTPUT_RULES:
-        raise ValueError(f"unknown student output {output_rule!r}; use one of {', '.join(OUTPUT_RULES)}")
-    return OUTPUT_RULES[output_rule]
