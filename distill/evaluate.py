@@ -19,7 +19,7 @@ from torch import Tensor
 from . import metrics
 from .conventions import with_scale
 from .data import Dataset, class_cycle, load_dataset, teacher_samples
-from .solvers import SOLVERS, sample, solver_nfe, time_grid
+from .solvers import SOLVERS, sample, solver_nfe, steps_for_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
 CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8",
@@ -43,11 +43,6 @@ class EvalRow:
     fidelity_rmse: float | None = None
     seconds: float = 0.0
     guidance: float | None = None  # the classifier-free guidance scale w (None: unguided)
-
-
-def steps_for_nfe(solver: str, nfe: int) -> int:
-    """The most steps ``solver`` can take within ``nfe`` evaluations (heun: 2 steps - 1 <= nfe)."""
-    return max(1, (nfe + 1) // 2) if solver == "heun" else nfe
 
 
 class Evaluation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -75,23 +76,50 @@ def _keep(states: list | None, x: Tensor) -> None:
         states.append(x)
 
 
-SOLVERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "dpmpp2m": dpmpp2m}
-SOLVER_ORDER = {"euler": 1, "heun": 2, "dpmpp2m": 2}
+@dataclass(frozen=True)
+class Solver:
+    """What is known of a solver in one place: ``run(velocity, x, times, states=None) -> x``, its ``order``, its
+    network calls per step, whether a step into ``t = 0`` saves one (Heun's last step is Euler), and whether it
+    needs the previous step's history (a multistep method cannot take one step of a batch of its own times)."""
+
+    run: Callable[..., Tensor]
+    order: int
+    calls_per_step: int = 1
+    euler_into_zero: bool = False
+    multistep: bool = False
+
+    def nfe(self, times: Tensor) -> int:
+        """Network evaluations on a grid."""
+        steps = len(times) - 1
+        return self.calls_per_step * steps - int(self.euler_into_zero and float(times[-1]) == 0.0)
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The most steps within ``nfe`` evaluations on a grid that ends at 0 (heun: 2 steps - 1 <= nfe)."""
+        return max(1, (nfe + int(self.euler_into_zero)) // self.calls_per_step)
 
 
-def get_solver(name: str) -> Callable[..., Tensor]:
+SOLVERS: dict[str, Solver] = {
+    "euler": Solver(euler, order=1),
+    "heun": Solver(heun, order=2, calls_per_step=2, euler_into_zero=True),
+    "dpmpp2m": Solver(dpmpp2m, order=2, multistep=True),
+}
+ONE_STEP_SOLVERS = tuple(name for name, solver in SOLVERS.items() if not solver.multistep)
+
+
+def get_solver(name: str) -> Solver:
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; use one of {', '.join(SOLVERS)}")
     return SOLVERS[name]
 
 
 def solver_nfe(solver: str, times: Tensor) -> int:
-    """Network evaluations a solver spends on a grid."""
-    steps = len(times) - 1
-    if solver == "heun":
-        return 2 * steps - int(float(times[-1]) == 0.0)
-    get_solver(solver)
-    return steps
+    """Network evaluations ``solver`` spends on a grid."""
+    return get_solver(solver).nfe(times)
+
+
+def steps_for_nfe(solver: str, nfe: int) -> int:
+    """The most steps ``solver`` can take within ``nfe`` evaluations."""
+    return get_solver(solver).steps_for_nfe(nfe)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -191,7 +219,7 @@ def solve(model, x: Tensor, times: Tensor, solver: str | None = None, cond=None,
         raise ValueError("gamma-sampling needs a flow map; an ODE solver is deterministic")
     if not callable(getattr(model, "velocity", None)):
         raise TypeError(f"{type(model).__name__} is neither a flow map (jump) nor a velocity field (velocity)")
-    step = get_solver(solver or "euler")
+    step = get_solver(solver or "euler").run
     batch = x.shape[0]
 
     def velocity(state: Tensor, t: float) -> Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import distill
-from distill.solvers import SOLVER_ORDER, solve, uniform_grid
+from distill.solvers import SOLVERS, solve, uniform_grid
 from distill.teachers import GaussianMixtureTeacher
 
 F64 = torch.float64
@@ -66,7 +66,7 @@ def test_solver_error_falls_at_its_order(mixture, solver):
     exact = mixture.flow_map(start, 0.95, 0.02, steps=2048)
     errors = [float((solve(mixture, start, uniform_grid(n, 0.95, 0.02), solver) - exact).norm(dim=1).median())
               for n in (32, 64, 128)]
-    order = SOLVER_ORDER[solver]
+    order = SOLVERS[solver].order
     for coarse, fine in zip(errors, errors[1:]):
         assert 2 ** (order - 0.2) < coarse / fine < 2 ** (order + 0.2), errors
 

@@ -7,7 +7,7 @@ import torch
 
 import distill
 from distill.conventions import VESchedule
-from distill.solvers import edm_grid, shifted_grid, solver_nfe, time_grid, uniform_grid
+from distill.solvers import edm_grid, shifted_grid, solver_nfe, steps_for_nfe, time_grid, uniform_grid
 
 F64 = torch.float64
 
@@ -38,6 +38,10 @@ def test_shifted_grid_spends_steps_near_noise():
 def test_nfe_counts():
     times = uniform_grid(4)
     assert (solver_nfe("euler", times), solver_nfe("heun", times), solver_nfe("dpmpp2m", times)) == (4, 7, 4)
+    for solver in ("euler", "heun", "dpmpp2m"):  # steps_for_nfe is the inverse: the longest grid within the budget
+        for nfe in range(1, 9):
+            steps = steps_for_nfe(solver, nfe)
+            assert solver_nfe(solver, uniform_grid(steps)) <= nfe < solver_nfe(solver, uniform_grid(steps + 1))
     calls = []
     teacher = distill.load_teacher("eight-gaussians-exact")
 

@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from ..conventions import per_example, split_scale, with_scale
 from ..jvp import chosen_mode, jvp
+from ..solvers import ONE_STEP_SOLVERS
 from .timesteps import TimePairs
 
 DISTANCES = ("l2", "pseudo_huber")
-TEACHER_SOLVERS = ("euler", "heun")
 
 
 @dataclass
@@ -148,8 +148,8 @@ class DistillationObjective:
         """Move ``x`` from ``t`` to ``s`` (per example) with ``substeps`` Euler or Heun steps of the teacher (Heun
         falls back to Euler on a step that ends below the teacher's ``t_min``, as EDM's Algorithm 1 does at 0).
         ``v_start``: the teacher's velocity at ``(x, t)`` when the caller has it already."""
-        if solver not in TEACHER_SOLVERS:
-            raise ValueError(f"unknown teacher solver {solver!r}; use one of {', '.join(TEACHER_SOLVERS)}")
+        if solver not in ONE_STEP_SOLVERS:
+            raise ValueError(f"unknown teacher solver {solver!r}; use one of {', '.join(ONE_STEP_SOLVERS)}")
         for k in range(substeps):
             t_k = t + (s - t) * (k / substeps)
             s_k = t + (s - t) * ((k + 1) / substeps)
