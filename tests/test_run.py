@@ -93,3 +93,36 @@ def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
     assert [r["kind"] for r in report["eval"]["rows"]] == ["teacher", "student"]
     assert report["eval"]["rows"][1]["fd"] is not None
     assert load_student(report["student"]).info["teacher"] == "mnist-flow"
+
+
+def test_a_new_objective_needs_only_its_class_and_registry_entry(tmp_path, capsys, monkeypatch):
+    """docs/design.md: one objective class and its OBJECTIVES entry train, checkpoint and report through
+    ``distill run`` like the built-in ones."""
+    from dataclasses import dataclass
+
+    from distill.objectives import OBJECTIVES, DistillationConfig
+    from distill.objectives.base import DistillationObjective, noised
+
+    @dataclass
+    class ShortEulerConfig(DistillationConfig):
+        shrink: float = 0.9
+
+    class ShortEuler(DistillationObjective):
+        """The student's jump t -> shrink * t matches one Euler step of the teacher."""
+
+        config_class = ShortEulerConfig
+
+        def loss(self, student, batch, step):
+            t, _ = self.sample_times(batch.x.shape[0])
+            x_t, s = noised(batch.x, t), self.config.shrink * t
+            target = self.teacher_step(x_t, t, s, batch.cond, "euler")
+            return self.compare(student(x_t, t, s, batch.cond), target)
+
+    monkeypatch.setitem(OBJECTIVES, "short_euler", (ShortEuler, ShortEulerConfig))
+    run_dir = tmp_path / "run"
+    assert main(["run", "eight-gaussians", *TINY, "objective={name: short_euler, shrink: 0.8}", f"run_dir={run_dir}",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["objective"] == "short_euler" and report["steps"] == 12
+    assert [r["kind"] for r in report["eval"]["rows"]].count("student") == 2
+    assert "shrink: 0.8" in (run_dir / "config.yaml").read_text()

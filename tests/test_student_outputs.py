@@ -128,3 +128,42 @@ def test_conversion_teaches_the_network_its_new_output():
         out.loss.backward()
         optimizer.step()
     assert error() < 0.3 * before, (before, error())
+
+
+class HalfDataFlowMap(TeacherFlowMap):
+    """A contributor's new rule: the network predicts half the data, ``D = 2 out``."""
+
+    output_rule = "half_data"
+
+    def velocity_from_output(self, out, x, t):
+        from distill.conventions import per_example
+
+        return (x - 2 * out) / per_example(t.to(torch.float64), x)
+
+
+def test_a_new_output_rule_needs_only_its_class_and_registry_entry(tmp_path, monkeypatch):
+    """docs/design.md: one class and its OUTPUT_RULES entry give a rule that the run config builds, that saves, loads
+    and reports its gains, and that the exporters' sampler graph reproduces."""
+    from distill.run import StudentConfig, build_student
+    from exporters.onnx import SamplerGraph
+
+    monkeypatch.setitem(OUTPUT_RULES, HalfDataFlowMap.output_rule, HalfDataFlowMap)
+    teacher = epsilon_teacher()
+    student = build_student(teacher, StudentConfig(output="half_data"), "tiny").eval()
+    assert type(student) is HalfDataFlowMap
+    a, b = student.output_coefficients(torch.tensor([0.5], dtype=torch.float64))
+    assert (float(a), float(b)) == pytest.approx((2.0, -4.0))
+    student.save_pretrained(tmp_path / "student")
+    loaded = load_student(tmp_path / "student").eval()
+    noise, labels = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    with torch.no_grad():
+        expected = distill_sample(student, noise, labels)
+        torch.testing.assert_close(distill_sample(loaded, noise, labels), expected, rtol=0, atol=0)
+        graph = SamplerGraph(student, time_grid(student, 2)).eval()
+        torch.testing.assert_close(graph(noise, labels), expected, rtol=1e-4, atol=1e-4)
+
+
+def distill_sample(student, noise, labels):
+    from distill.solvers import sample
+
+    return sample(student, noise, steps=2, cond=labels)
