@@ -126,11 +126,12 @@ def write_adapter(network: nn.Module, settings: LoraSettings, folder: Path) -> N
 def read_adapter(network: nn.Module, folder: Path) -> None:
     """Load :func:`write_adapter`'s weights into ``network``'s injected adapters (in place)."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from .weights import read_safetensors
 
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder} holds no LoRA adapter ({ADAPTER_WEIGHTS} missing)")
-    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in read_safetensors(folder / ADAPTER_WEIGHTS).items()}
     result = set_peft_model_state_dict(network, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

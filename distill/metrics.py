@@ -118,7 +118,7 @@ class BundledClassifier:
     """A bundled feature classifier plus its card (``card.json``: data, image size, held-out accuracy)."""
 
     def __init__(self, name: str):
-        from safetensors.torch import load_file
+        from .weights import load_weights
 
         folder = CLASSIFIER_DIR / name
         if not (folder / "card.json").exists():
@@ -127,7 +127,7 @@ class BundledClassifier:
                                     "scripts/train_classifiers.py makes them")
         self.card = json.loads((folder / "card.json").read_text())
         self.network = FeatureClassifier(**self.card["network_config"])
-        self.network.load_state_dict(load_file(folder / "model.safetensors"))
+        load_weights(self.network, folder / "model.safetensors")
         self.network.eval().requires_grad_(False)
         self.image_size = int(self.card["image_size"])
 

@@ -19,6 +19,7 @@ from ..conventions import per_example, split_scale
 from ..lora import LoraSettings, add_lora, merge_lora, read_adapter, write_adapter
 from ..nets import sinusoidal_embedding
 from ..teachers.base import NetworkTeacher, as_time_batch
+from ..weights import load_weights
 from .base import FlowMap
 
 # Where each network class embeds time: the gap embedding is added to these modules' outputs.
@@ -233,12 +234,10 @@ class TeacherFlowMap(FlowMap):
 
     def load_embeddings(self, folder: Path, spec: dict) -> None:
         """Read what :meth:`save_embeddings` wrote, adding the guidance embedding that ``spec`` records."""
-        from safetensors.torch import load_file
-
-        self.gap_embeddings.load_state_dict(load_file(folder / GAP_WEIGHTS))
+        load_weights(self.gap_embeddings, folder / GAP_WEIGHTS)
         if spec.get("guidance"):
             self.add_guidance_embedding(**spec["guidance"])
-            self.guidance_embeddings.load_state_dict(load_file(folder / GUIDANCE_WEIGHTS))
+            load_weights(self.guidance_embeddings, folder / GUIDANCE_WEIGHTS)
 
     @classmethod
     def from_folder(cls, folder: Path, spec: dict, teacher=None) -> TeacherFlowMap:

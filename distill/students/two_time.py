@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..conventions import per_example
 from ..nets import NETWORKS
 from ..teachers.base import as_time_batch
+from ..weights import load_weights
 from .base import FlowMap
 
 NETWORK_WEIGHTS = "network.safetensors"
@@ -63,9 +64,6 @@ class TwoTimeFlowMap(FlowMap):
 
     @classmethod
     def from_folder(cls, folder: Path, spec: dict, teacher=None) -> TwoTimeFlowMap:
-        from safetensors.torch import load_file
-
-        network = NETWORKS[spec["network"]](**spec["network_config"])
-        network.load_state_dict(load_file(folder / NETWORK_WEIGHTS))
+        network = load_weights(NETWORKS[spec["network"]](**spec["network_config"]), folder / NETWORK_WEIGHTS)
         return cls(network, t_min=spec["t_min"], t_max=spec["t_max"], sample_shape=tuple(spec["sample_shape"]) or None,
                    info=spec["info"])

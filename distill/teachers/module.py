@@ -84,15 +84,13 @@ class ModuleTeacher(NetworkTeacher):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> ModuleTeacher:
-        from safetensors.torch import load_file
-
         from ..nets import NETWORKS
+        from ..weights import load_weights
 
         folder = Path(folder)
         spec = json.loads((folder / TEACHER_FILE).read_text())
         if spec.get("network") not in NETWORKS:
             raise ValueError(f"{folder / TEACHER_FILE}: unknown network {spec.get('network')!r}; "
                              f"built-in networks: {', '.join(NETWORKS)}")
-        module = NETWORKS[spec["network"]](**spec["network_config"])
-        module.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        module = load_weights(NETWORKS[spec["network"]](**spec["network_config"]), folder / WEIGHTS_FILE)
         return cls.from_scheduler_config(module, spec["scheduler"], tuple(spec["sample_shape"]) or None)
