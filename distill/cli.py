@@ -25,11 +25,11 @@ def _sample(args: argparse.Namespace) -> dict:
 
     if args.model.endswith(".onnx"):
         return _sample_onnx(args)
-    from .conventions import with_scale
+    from .conditions import with_scale
     from .data import class_cycle
     from .solvers import sample, solver_nfe, time_grid
     from .students import FlowMap, load_model
-    from .teachers import GuidedTeacher
+    from .teachers.guided import guide
 
     model, _ = load_model(args.model)  # a student samples by flow-map jumps, a teacher with args.solver
     is_student = isinstance(model, FlowMap)
@@ -44,10 +44,9 @@ def _sample(args: argparse.Namespace) -> dict:
                              "[w_min, w_max], or sample its teacher with --guidance")
         cond = with_scale(cond, args.guidance)
     elif args.guidance is not None:
-        null = args.null_class if args.null_class is not None else model.info.get("null_label")
-        if cond is None or null is None:
+        if cond is None:
             raise ValueError("--guidance needs a class-conditional teacher and its null label (--null-class)")
-        model = GuidedTeacher(model, args.guidance, null)
+        model = guide(model, args.guidance, args.null_class)
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *model.sample_shape, generator=generator)
     times = time_grid(model, args.steps, args.grid)
@@ -59,9 +58,8 @@ def _sample(args: argparse.Namespace) -> dict:
               "nfe": args.steps if is_student else solver_nfe(args.solver, times), "samples": args.n,
               "seconds": round(seconds, 4),
               "out": str(args.out), "reference_rmse": None}
-    flow_map = getattr(model, "flow_map", None)
-    if flow_map is not None:  # analytic teacher: error against its exact flow map from the same noise
-        exact = flow_map(float(times[0]) * noise.double(), float(times[0]), 0.0)
+    exact = None if is_student else model.flow_map(float(times[0]) * noise.double(), float(times[0]), 0.0)
+    if exact is not None:  # analytic teacher: error against its exact flow map from the same noise
         report["reference_rmse"] = float((x.double() - exact).pow(2).mean().sqrt())
     title = f"{args.model}: {report['solver']}, {report['nfe']} NFE"
     save_samples(x, args.out, times=times.numpy(), title=title)
@@ -117,18 +115,30 @@ def _dry_run(config) -> dict:
     return {"config": config.name, "dry_run": True}
 
 
+def _drive(args: argparse.Namespace, config, execute, show) -> dict:
+    """The training commands: ``--dry-run`` prints the resolved config; otherwise ``execute(config, restart)``
+    trains (resuming its run folder) and returns the report, which ``show(report, config)`` prints unless ``--json``."""
+    if args.dry_run:
+        return _dry_run(config)
+    report = execute(config, args.restart)
+    if not args.json:
+        show(report, config)
+    return report
+
+
 def _train_teacher(args: argparse.Namespace) -> dict:
     from .config import load_config
     from .teachers.training import TeacherConfig, train_teacher
 
-    config = load_config(TeacherConfig, args.config, "teachers", args.overrides)
-    if args.dry_run:
-        return _dry_run(config)
-    output, result = train_teacher(config, args.restart)
-    if not args.json:
-        print(f"teacher {config.name} -> {output} ({result.step} steps)")
-    return {"teacher": str(output), "steps": result.step, "seconds": round(result.seconds, 1),
-            "final_loss": result.history[-1]["loss"] if result.history else None}
+    def execute(config, restart: bool) -> dict:
+        output, result = train_teacher(config, restart)
+        return {"teacher": str(output), "steps": result.step, "seconds": round(result.seconds, 1),
+                "final_loss": result.history[-1]["loss"] if result.history else None}
+
+    def show(report: dict, config) -> None:
+        print(f"teacher {config.name} -> {report['teacher']} ({report['steps']} steps)")
+
+    return _drive(args, load_config(TeacherConfig, args.config, "teachers", args.overrides), execute, show)
 
 
 def _eval(args: argparse.Namespace) -> dict:
@@ -138,14 +148,13 @@ def _eval(args: argparse.Namespace) -> dict:
     model, teacher = load_model(args.model)
     if teacher is None:
         raise ValueError(f"{args.model} does not name the teacher it was distilled from (info['teacher'])")
-    guidance = args.guidance if args.guidance is not None else getattr(model, "default_guidance", None)
+    student = None if model is teacher else model  # a student is shown beside its teacher's solvers at the same NFE
+    guidance = args.guidance if args.guidance is not None or student is None else student.default_guidance
     evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet,
                             guidance=guidance)  # a guidance-distilled student is judged at its default scale
-    if model is teacher:
-        rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(args.model))
-    else:  # the student beside its teacher's solvers at the same NFE
-        rows = evaluation.teacher_rows(args.solvers, args.nfe, name=str(model.info["teacher"]))
-        rows += evaluation.student_rows(model, args.nfe, name=str(args.model))
+    teacher_name = str(args.model if student is None else student.info["teacher"])
+    rows = evaluation.side_by_side(student, args.solvers, args.nfe, teacher_name=teacher_name,
+                                   student_name=str(args.model))
     result = report(evaluation, rows)
     if args.plot:
         plot_quality(rows, args.plot, title=f"{args.model}: {args.samples} samples")
@@ -159,39 +168,34 @@ def _eval(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     from .run import load_distill_config, run_distillation
 
-    config = load_distill_config(args.config, args.overrides)
-    if args.dry_run:
-        return _dry_run(config)
-    report = run_distillation(config, args.restart)
-    if not args.json:
-        _print_run(report)
-    return report
+    return _drive(args, load_distill_config(args.config, args.overrides), run_distillation,
+                  lambda report, config: _print_run(report))
 
 
 def _finetune(args: argparse.Namespace) -> dict:
-    from .evaluate import EvalRow, markdown_table
     from .finetune import finetune, load_finetune_config
 
-    config = load_finetune_config(args.config, args.overrides)
-    if args.dry_run:
-        return _dry_run(config)
-    report = finetune(config, args.restart)
-    if not args.json:
+    def show(report: dict, config) -> None:
         print(f"adapter ({report['adapter_bytes'] / 1e3:.0f} kB) -> {report['adapter']}; merged teacher -> "
               f"{report['teacher']}")
-        if report["eval"]:
-            print(markdown_table([EvalRow(**row) for row in report["eval"]["rows"]]))
+        _print_rows(report["eval"])
         print(f"next: distill run quickstart teacher={report['teacher']} run_dir=runs/{config.name}-student")
-    return report
+
+    return _drive(args, load_finetune_config(args.config, args.overrides), finetune, show)
 
 
 def _print_run(report: dict) -> None:
-    from .evaluate import EvalRow, markdown_table
-
     print(f"student ({report['objective']}, {report['steps']} steps, {report['train_seconds']:.0f} s) -> "
           f"{report['student']}")
-    if report.get("eval"):
-        print(markdown_table([EvalRow(**row) for row in report["eval"]["rows"]]))
+    _print_rows(report.get("eval"))
+
+
+def _print_rows(evaluation: dict | None) -> None:
+    """An eval report's rows as a markdown table (nothing without an evaluation)."""
+    from .evaluate import EvalRow, markdown_table
+
+    if evaluation:
+        print(markdown_table([EvalRow(**row) for row in evaluation["rows"]]))
 
 
 def _quickstart(args: argparse.Namespace) -> dict:
@@ -277,23 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime alike")
     export.set_defaults(run=_export)
 
-    train_teacher = commands.add_parser("train-teacher", help="train a teacher (how the bundled ones were made)")
-    train_teacher.add_argument("config", help="a YAML file or a preset in distill/configs/teachers/")
-    train_teacher.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
-    train_teacher.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
-    train_teacher.set_defaults(run=_train_teacher)
+    def training_command(name: str, help: str, presets: str, example: str, run):
+        command = commands.add_parser(name, help=help)
+        command.add_argument("config", help=f"a YAML file or a preset in distill/configs/{presets}/")
+        command.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+        command.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+        command.set_defaults(run=run)
+        return command
 
-    run = commands.add_parser("run", help="distil a student; writes a run folder (config, checkpoints, logs, eval)")
-    run.add_argument("config", help="a YAML file or a preset in distill/configs/distill/")
-    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 objective.name=ctm")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
-    run.set_defaults(run=_run)
-
-    tune = commands.add_parser("finetune", help="adapt a teacher to new data with LoRA adapters (then distil it)")
-    tune.add_argument("config", help="a YAML file or a preset in distill/configs/finetune/")
-    tune.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.classes=[3,7] lora.rank=4")
-    tune.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
-    tune.set_defaults(run=_finetune)
+    train_teacher = training_command("train-teacher", "train a teacher (how the bundled ones were made)", "teachers",
+                                     "train.steps=100", _train_teacher)
+    run = training_command("run", "distil a student; writes a run folder (config, checkpoints, logs, eval)",
+                           "distill", "train.steps=100 objective.name=ctm", _run)
+    tune = training_command("finetune", "adapt a teacher to new data with LoRA adapters (then distil it)",
+                            "finetune", "data.classes=[3,7] lora.rank=4", _finetune)
 
     quickstart = commands.add_parser("quickstart", help="bundled MNIST teacher -> distilled student -> eval table")
     quickstart.add_argument("overrides", nargs="*",

@@ -103,29 +103,6 @@ class Schedule(ABC):
         return x * per_example(alpha + sigma, x), tau
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Conditions that carry a classifier-free guidance scale per example
-# ------------------------------------------------------------------------------------------------------------
-# A guidance-conditioned student and its guided teacher take the scale w inside the condition:
-# ``with_scale(labels, w)`` is ``{"cond": labels, "guidance_scale": w}``. A dict keeps the batch helpers (repeats,
-# device moves) working on it unchanged.
-SCALE_KEY = "guidance_scale"
-
-
-def with_scale(cond, scale: Tensor | float) -> dict:
-    """``cond`` plus a guidance scale ``w`` per example ([B] float, or a number for the whole batch)."""
-    if cond is None:
-        raise ValueError("a guidance scale needs a condition to guide towards (class labels, ...)")
-    return {"cond": cond, SCALE_KEY: scale}
-
-
-def split_scale(cond) -> tuple:
-    """``(cond, w)`` from a condition made by :func:`with_scale`; ``(cond, None)`` for any other condition."""
-    if isinstance(cond, dict) and SCALE_KEY in cond:
-        return cond["cond"], cond[SCALE_KEY]
-    return cond, None
-
-
 def per_example(coefficient: Tensor, like: Tensor) -> Tensor:
     """Reshape a [B] (or scalar) float64 coefficient to broadcast over ``like`` [B, ...] in ``like``'s dtype."""
     if coefficient.ndim == 1:

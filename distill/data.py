@@ -12,17 +12,33 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .conventions import split_scale, with_scale
+from .conditions import map_condition, split_scale, with_scale
 
 TOY_SETS = ("checkerboard", "eight-gaussians", "two-moons", "spirals")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class DataConfig:
+    """Training data, one section for every driver (distil, fine-tune, train a teacher): ``name`` (a dataset of
+    :func:`load_dataset`, an image folder or a .npy/.npz file; ``None``: the teacher's own, from its info), ``size``
+    (pixels per side; ``None``: the dataset's, or the teacher's for its own data), ``classes`` (keep only these;
+    empty: all, or the teacher's own selection), ``n`` (points of a 2-D set), ``seed``, ``conditional`` (keep the
+    labels of a labelled dataset)."""
+
+    name: str | None = None
+    size: int | None = None
+    classes: list[int] = field(default_factory=list)
+    n: int = 100000
+    seed: int = 0
+    conditional: bool = True
 
 
 @dataclass
@@ -323,6 +339,4 @@ def _digest(value) -> str | None:
 
 def _rows(value, index: slice):
     """Rows ``index`` of a batched condition (a tensor, or a dict of tensors and numbers)."""
-    if isinstance(value, dict):
-        return {k: _rows(v, index) for k, v in value.items()}
-    return value[index] if isinstance(value, Tensor) and value.ndim > 0 else value
+    return map_condition(lambda leaf: leaf[index] if isinstance(leaf, Tensor) and leaf.ndim > 0 else leaf, value)

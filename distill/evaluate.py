@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from .conventions import with_scale
+from .conditions import with_scale
 from .data import Dataset, class_cycle, load_dataset, teacher_samples
 from .solvers import SOLVERS, sample, solver_nfe, steps_for_nfe, time_grid
 
@@ -64,9 +64,9 @@ class Evaluation:
         if teacher.sample_shape is None:
             raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
         if guidance is not None:
-            from .objectives.base import with_guidance
+            from .teachers.guided import guide
 
-            teacher = with_guidance(teacher, float(guidance))
+            teacher = guide(teacher, float(guidance))
         self.guidance = guidance
         self.teacher, self.samples, self.seed, self.progress = teacher, samples, seed, progress
         info = dict(teacher.info.get("data", {}))
@@ -102,9 +102,9 @@ class Evaluation:
         """A real draw: exact samples of an analytic teacher, a fresh draw of a sampled set, or a fixed image set
         whole (its size ignores ``samples``)."""
         seed = self.seed + seed_offset
-        exact = getattr(self.teacher, "sample_data", None)
+        exact = self.teacher.sample_data(self.samples, torch.Generator().manual_seed(seed))
         if exact is not None:
-            return Dataset(exact(self.samples, torch.Generator().manual_seed(seed)).float(), name=self.data_name)
+            return Dataset(exact.float(), name=self.data_name)
         return load_dataset(self.data_name, self.data_size, n=self.samples, seed=seed, classes=self.data_classes)
 
     def log(self, message: str) -> None:
@@ -158,6 +158,17 @@ class Evaluation:
                        generator=torch.Generator().manual_seed(self.seed + 7))
             rows.append(self.score(x, name, "student", "flow_map", nfe, time.perf_counter() - start))
             self.log(f"  student  NFE {nfe:3d}: " + _row_text(rows[-1]))
+        return rows
+
+    def side_by_side(self, student=None, solvers=tuple(SOLVERS), nfes=DEFAULT_NFE, reference_nfe=(),
+                     teacher_name: str = "teacher", student_name: str = "student") -> list[EvalRow]:
+        """The rows every command shows: the teacher's ``solvers`` at ``nfes``, its best-case reference
+        (:data:`REFERENCE_SOLVER` at ``reference_nfe``), then the student (if any) at the same NFE."""
+        rows = self.teacher_rows(solvers, nfes, name=teacher_name)
+        if reference_nfe:
+            rows += self.teacher_rows([REFERENCE_SOLVER], reference_nfe, name=teacher_name)
+        if student is not None:
+            rows += self.student_rows(student, nfes, name=student_name)
         return rows
 
     def data_floor(self) -> dict[str, float]:

@@ -19,22 +19,10 @@ from pathlib import Path
 import torch
 
 from .config import build, check_keys
-from .data import Dataset, load_dataset
+from .data import DataConfig, Dataset, load_dataset
 from .objectives.denoising import DenoisingConfig, DenoisingLoss
 from .run_folder import open_run_folder
-from .train import TrainConfig, ema_state_dict, train
-
-
-@dataclass
-class FinetuneDataConfig:
-    """The data to adapt to: ``name`` (a dataset, image folder or .npy/.npz file; ``None``: the teacher's own),
-    ``size`` (pixels per side; ``None``: the teacher's), ``classes`` (keep only these classes), ``n``, ``seed``."""
-
-    name: str | None = None
-    size: int | None = None
-    classes: list[int] = field(default_factory=list)
-    n: int = 100000
-    seed: int = 0
+from .train import TrainConfig, train, use_ema
 
 
 @dataclass
@@ -46,7 +34,7 @@ class FinetuneConfig:
 
     name: str = "finetune"
     teacher: str = "mnist"
-    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the data to adapt to (None: the teacher's own)
     lora: dict = field(default_factory=lambda: {"rank": 8})
     objective: dict = field(default_factory=lambda: {"label_dropout": 0.1})
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, learning_rate=1e-3))
@@ -71,7 +59,7 @@ def load_finetune_config(name_or_path: str, overrides: list[str] | None = None) 
     return load_config(FinetuneConfig, name_or_path, "finetune", overrides)
 
 
-def adaptation_data(teacher, config: FinetuneDataConfig) -> Dataset:
+def adaptation_data(teacher, config: DataConfig) -> Dataset:
     """The new data, checked against the teacher's sample shape and conditioning."""
     own = teacher.info.get("data", {})
     size = config.size or (own.get("size") if config.name is None else None) or teacher.sample_shape[-1]
@@ -80,6 +68,8 @@ def adaptation_data(teacher, config: FinetuneDataConfig) -> Dataset:
         raise ValueError(f"the data's samples have shape {list(data.sample_shape)}, the teacher's "
                          f"{list(teacher.sample_shape)}: set data.size (or convert the images' channels)")
     classes = teacher.info.get("num_classes")
+    if classes and not config.conditional:
+        raise ValueError("this teacher is class-conditional: it adapts to labelled data (data.conditional: true)")
     if classes and data.labels is None:
         raise ValueError("this teacher is class-conditional: give labelled data (images in one subfolder per class)")
     if classes and int(data.labels.max()) >= classes:
@@ -105,7 +95,7 @@ def finetune(config: FinetuneConfig, restart: bool = False) -> dict:
           f"{sum(p.numel() for p in teacher.parameters() if p.requires_grad):,} trainable parameters -> {run_dir}",
           file=sys.stderr, flush=True)
     result = train(teacher, DenoisingLoss(objective), data, config.train, run_dir)
-    teacher.load_state_dict(ema_state_dict(teacher, result.ema[config.train.ema_decays[0]]))
+    use_ema(teacher, result)
     teacher.requires_grad_(False).eval()
     data_info = {"name": config.data.name or teacher.info["data"]["name"], "size": teacher.sample_shape[-1],
                  **({"classes": config.data.classes} if config.data.classes else {})}

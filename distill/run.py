@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, build, check_keys
-from .data import Dataset, class_cycle, load_dataset
+from .data import DataConfig, Dataset, class_cycle, load_dataset
 from .lora import LoraSettings, add_lora
 from .nets import TWO_TIME_NETWORKS
 from .objectives import OBJECTIVES
 from .run_folder import open_run_folder
 from .students import OUTPUT_RULES, FlowMap, TeacherFlowMap, TwoTimeFlowMap, VelocityFlowMap, jump_gains, student_class
-from .train import TrainConfig, ema_state_dict, train
+from .train import TrainConfig, train, use_ema
 
 CONVERSION_STEPS = 300  # teaching a copied network a new output rule (measured: see the README's output rules)
 STUDENT_KINDS = ("from_teacher", "lora", *TWO_TIME_NETWORKS)  # student.kind: on the teacher's network, or a built-in
@@ -54,18 +54,6 @@ class StudentConfig:
 
 
 @dataclass
-class DistillDataConfig:
-    """Training data: ``name`` (``None``: the dataset the teacher was trained on, from its info), ``size``, ``n``
-    (points of a 2-D set), ``seed``; ``conditional``: pass the labels of a class-conditional teacher's data."""
-
-    name: str | None = None
-    size: int | None = None
-    n: int = 100000
-    seed: int = 0
-    conditional: bool = True
-
-
-@dataclass
 class RunEvalConfig:
     """The student beside its teacher after training: ``samples`` (0: no evaluation), the student's ``nfe`` and the
     teacher's ``solvers`` at those NFE, plus the teacher's reference solver (DPM-Solver++(2M), whose 64-step samples
@@ -91,7 +79,7 @@ class DistillConfig:
     teacher: str = "mnist"
     student: StudentConfig = field(default_factory=StudentConfig)
     objective: dict = field(default_factory=lambda: {"name": "eulerian"})
-    data: DistillDataConfig = field(default_factory=DistillDataConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: RunEvalConfig = field(default_factory=RunEvalConfig)
     sample_every: int = 0
@@ -180,16 +168,16 @@ def resolve_output_rule(config: DistillConfig, teacher) -> None:
     config.objective = {"conversion_steps": CONVERSION_STEPS if changed else 0, **config.objective}
 
 
-def distillation_data(teacher, config: DistillDataConfig) -> Dataset:
+def distillation_data(teacher, config: DataConfig) -> Dataset:
     info = teacher.info.get("data", {})
     name = config.name or info.get("name")
     if name is None:
         raise ValueError("the teacher does not record its data: set data.name (e.g. mnist, digits, checkerboard)")
-    exact = getattr(teacher, "sample_data", None)
-    if exact is not None and config.name is None:  # an analytic teacher: exact samples of its own distribution
-        return Dataset(exact(config.n, torch.Generator().manual_seed(config.seed)).float(), name=name)
-    data = load_dataset(name, config.size if config.name else info.get("size"), config.n, config.seed,
-                        None if config.name else info.get("classes"))
+    exact = teacher.sample_data(config.n, torch.Generator().manual_seed(config.seed)) if config.name is None else None
+    if exact is not None:  # an analytic teacher: exact samples of its own distribution
+        return Dataset(exact.float(), name=name)
+    classes = config.classes or (None if config.name else info.get("classes"))
+    data = load_dataset(name, config.size if config.name else info.get("size"), config.n, config.seed, classes)
     if not (config.conditional and teacher.info.get("num_classes")):
         data.labels = None
     return data
@@ -221,8 +209,9 @@ def run_distillation(config: DistillConfig, restart: bool = False) -> dict:
     resolve_output_rule(config, teacher)
     run_dir = open_run_folder(config, restart)  # the resolved config: what the folder's weights were trained with
     objective = build_objective(teacher, config.objective)
-    training_data = getattr(objective, "training_data", None)  # objectives that learn from teacher trajectories
-    data = training_data() if training_data else distillation_data(teacher, config.data)
+    data = objective.training_data()  # objectives that learn from teacher trajectories bring their own
+    if data is None:
+        data = distillation_data(teacher, config.data)
     torch.manual_seed(config.train.seed)  # the same initial weights on every rerun
     student = build_student(teacher, config.student, config.teacher, objective.config.guidance_range)
     print(f"{config.name}: {config.objective['name']} on {config.teacher}, {len(data)} training samples, "
@@ -237,7 +226,7 @@ def run_distillation(config: DistillConfig, restart: bool = False) -> dict:
     if not main_process:
         return report
     if config.student.weights == "ema":
-        student.load_state_dict(ema_state_dict(student, result.ema[config.train.ema_decays[0]]))
+        use_ema(student, result)
     student.requires_grad_(False).eval()
     student.save_pretrained(run_dir / "student")
     save_samples(sampler(student), run_dir / "samples.png", title=f"{config.name}: 2 steps")
@@ -251,7 +240,7 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
                      name: str = "student") -> dict:
     """The student at ``config.nfe`` beside the teacher's solvers at the same NFE (for a guidance-conditioned
     student, at each scale of ``config.guidance``); writes eval.json/.md/.png."""
-    from .evaluate import REFERENCE_SOLVER, Evaluation, markdown_table, plot_quality, report
+    from .evaluate import Evaluation, markdown_table, plot_quality, report
 
     scales: list = [None]
     if student.guidance_conditioned:
@@ -259,10 +248,7 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
     rows = []
     for scale in scales:
         evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed, guidance=scale)
-        rows += evaluation.teacher_rows(config.solvers, config.nfe)
-        if config.reference_nfe:
-            rows += evaluation.teacher_rows([REFERENCE_SOLVER], config.reference_nfe)
-        rows += evaluation.student_rows(student, config.nfe, name=name)
+        rows += evaluation.side_by_side(student, config.solvers, config.nfe, config.reference_nfe, student_name=name)
     result = report(evaluation, rows)
     if out_dir is not None:
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))

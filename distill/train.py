@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .conditions import map_condition
 from .data import Dataset
 from .objectives.base import Batch, LossOutput
 
@@ -225,11 +226,9 @@ def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
 
 def _to_device(batch: Batch, device) -> Batch:
     def move(value):
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
         return value.to(device) if isinstance(value, Tensor) else value
 
-    return Batch(move(batch.x), move(batch.cond))
+    return Batch(move(batch.x), map_condition(move, batch.cond))
 
 
 def train(
@@ -386,6 +385,14 @@ def _read_history(run_dir: Path, up_to_step: int) -> list[dict]:
 def _log(accelerator, message: str) -> None:
     if accelerator.is_main_process:
         print(message, file=sys.stderr)
+
+
+def use_ema(model: nn.Module, result: TrainResult, decay: float | None = None) -> nn.Module:
+    """Put a run's EMA weights (of ``decay``; default: the first of the run's decays) into ``model``, in place: how
+    every driver finishes before it saves."""
+    chosen = next(iter(result.ema)) if decay is None else decay
+    model.load_state_dict(ema_state_dict(model, result.ema[chosen]))
+    return model
 
 
 def ema_state_dict(model: nn.Module, ema_weights: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -75,7 +75,7 @@ def _log(message: str) -> None:
 
 def _reference(student, graph: str, steps: int, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     """What the PyTorch student computes on a graph's inputs (``distill.sample`` or one jump)."""
-    from distill.conventions import with_scale
+    from distill.conditions import with_scale
     from distill.solvers import sample
 
     labels = inputs.get("class_labels")

@@ -2,15 +2,15 @@
 one budget, and judge each student beside its teacher: quality, and speed at equal quality.
 
     python scripts/bench_distill.py [--rows mnist-flow:trajectory,mnist:trajectory:preconditioned,...]
-                                    [--steps 2000] [--samples 500] [--json]
+                                    [--steps 2000] [--samples 500] [--trajectories N] [--json]
 
 A row is ``teacher:objective[:output]`` (output: a ``student.output`` rule, default ``auto``). Each runs the
 ``quickstart`` preset with that teacher, objective (its defaults, plus the settings in ``OBJECTIVE_SETTINGS``) and
-output, the same steps, batch, learning rate and seed, in ``runs/bench-distill/<row>`` (rerunning resumes). Printed
-per row: FD at 1, 2 and 4 NFE, each over the teacher's best FD (any solver, at most 64 NFE, same samples); class
-agreement at 1 NFE beside the teacher's best row's; the smallest teacher NFE (euler, heun or dpmpp2m) whose FD is at
-most the student's at 1 and 2 NFE; and the wall-time ratio of that teacher sampler to the student's, timed side by
-side on the same batch in this run (median of three interleaved calls).
+output, the same steps, batch, learning rate and seed, in ``runs/bench-distill/<row>`` (``--out``; rerunning
+resumes). Printed per row: FD at 1, 2 and 4 NFE, each over the teacher's best FD (any solver, at most 64 NFE, same
+samples); class agreement at 1 NFE beside the teacher's best row's; the smallest teacher NFE (euler, heun or dpmpp2m)
+whose FD is at most the student's at 1 and 2 NFE; and the wall-time ratio of that teacher sampler to the student's,
+timed side by side on the same batch in this run (median of three interleaved calls).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from distill.evaluate import Evaluation
 from distill.run import load_distill_config, run_distillation
-from distill.solvers import sample
+from distill.solvers import sample, steps_for_nfe
 from distill.students import load_student
 from distill.teachers import load_teacher
 
@@ -83,7 +83,8 @@ def run_row(spec: str, args) -> dict:
     overrides = [f"teacher={teacher_name}", f"objective.name={objective}", f"student.output={output}",
                  f"train.steps={args.steps}", f"eval.samples={args.samples}", f"eval.seed={args.seed}",
                  "eval.nfe=[1, 2, 4]", "eval.solvers=[dpmpp2m]", "eval.reference_nfe=[]",
-                 f"run_dir=runs/bench-distill/{name}", f"name={name}", "train.progress=false",
+                 f"run_dir={args.out}/{name}", f"name={name}", "train.progress=false",
+                 *([f"objective.trajectories={args.trajectories}"] if args.trajectories else []),
                  *OBJECTIVE_SETTINGS.get(objective, lambda steps: [])(args.steps)]
     report = run_distillation(load_distill_config("quickstart", overrides))
     student_rows = {row["nfe"]: row for row in report["eval"]["rows"] if row["kind"] == "student"}
@@ -98,7 +99,7 @@ def run_row(spec: str, args) -> dict:
     for k in (1, 2):
         match = equal_quality(curve, student_rows[k]["fd"])
         if match is not None:
-            steps = (match["nfe"] + 1) // 2 if match["solver"] == "heun" else match["nfe"]
+            steps = steps_for_nfe(match["solver"], match["nfe"])
             match["nfe_ratio"] = match["nfe"] / k
             match["time_ratio"] = timed_ratio(student, teacher, match["solver"], steps, k)
         row["equal_quality"][str(k)] = match
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trajectories", type=int, default=None, help="teacher trajectories (default: the preset's)")
+    parser.add_argument("--out", default="runs/bench-distill", help="the rows' run folders go here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

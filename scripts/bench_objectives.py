@@ -26,7 +26,7 @@ from distill.metrics import sliced_wasserstein
 from distill.nets import TwoTimeMLP
 from distill.objectives import OBJECTIVES, TimePairs
 from distill.students import TwoTimeFlowMap
-from distill.train import TrainConfig, ema_state_dict, train
+from distill.train import TrainConfig, train, use_ema
 
 # DMD's fake score is a trainable copy of the teacher's network; an analytic teacher has none (scripts/bench_distill.py
 # measures DMD on the MNIST teachers)
@@ -79,14 +79,13 @@ def run(name: str, teacher, data: Dataset, ref: dict, args) -> dict:
                          lr_decay="cosine", ema_decays=[0.999], checkpoint_every=args.steps, log_every=100,
                          progress=False, seed=args.seed)
     objective = make_objective(name, teacher, args.steps)
-    training_data = getattr(objective, "training_data", None)  # the trajectory objective learns the teacher's ODE
     started = time.perf_counter()
-    if training_data is not None:
-        data = training_data(progress=False)
+    own = objective.training_data(progress=False)  # the trajectory objective learns the teacher's ODE
+    data = data if own is None else own
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(student, objective, data, config, run_dir)
     seconds = time.perf_counter() - started
-    student.load_state_dict(ema_state_dict(student, result.ema[0.999]))
+    use_ema(student, result, 0.999)
     quality = evaluate(student.eval(), teacher, ref, MULTISTEP_GAMMA.get(name, 0.0))
     return {"objective": name, **quality, "seconds": seconds,
             "final_loss": result.history[-1].get("loss") if result.history else None}

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from distill.data import REFERENCE_FOLDER
-from distill.evaluate import REFERENCE_SOLVER, Evaluation
+from distill.evaluate import Evaluation
 from distill.teachers import load_teacher
 from distill.teachers.loading import ASSET_DIR
 
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--solvers", default="euler,dpmpp2m")
     parser.add_argument("--nfe", default="1,2,4")
     parser.add_argument("--reference-nfe", default="64")
+    parser.add_argument("--out", type=Path, default=None, help="default: the teacher's own reference/ folder")
     args = parser.parse_args()
 
     folder = ASSET_DIR / args.teacher
@@ -41,10 +42,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["DISTILL_CACHE"] = cache
         evaluation = Evaluation(load_teacher(args.teacher), samples=args.samples, seed=args.seed)
-        evaluation.teacher_rows(args.solvers.split(","), [int(n) for n in args.nfe.split(",")])
-        evaluation.teacher_rows([REFERENCE_SOLVER], [int(n) for n in args.reference_nfe.split(",")])
-        out = folder / REFERENCE_FOLDER
-        out.mkdir(exist_ok=True)
+        evaluation.side_by_side(None, args.solvers.split(","), [int(n) for n in args.nfe.split(",")],
+                                [int(n) for n in args.reference_nfe.split(",")])
+        out = args.out or folder / REFERENCE_FOLDER
+        out.mkdir(parents=True, exist_ok=True)
         for path in sorted((Path(cache) / "teacher_samples").glob("*.pt")):
             stored = torch.load(path, weights_only=True)
             target = out / f"{path.stem}.safetensors"

@@ -21,7 +21,7 @@ from distill.evaluate import Evaluation
 from distill.objectives import DistributionMatching, DMDConfig
 from distill.run import RunEvalConfig, evaluate_student
 from distill.students import load_student
-from distill.train import TrainConfig, ema_state_dict, train
+from distill.train import TrainConfig, train, use_ema
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
         result = train(student, objective, data, config, args.out)
         if steps != args.steps:
             print(json.dumps({"step": steps, **progress_fd(student, result, evaluation)}), flush=True)
-    student.load_state_dict(ema_state_dict(student, result.ema[0.99]))
+    use_ema(student, result, 0.99)
     student.requires_grad_(False).eval().save_pretrained(Path(args.out) / "student")
     report = evaluate_student(student, teacher, RunEvalConfig(samples=args.samples, nfe=[1, 2, 4],
                                                               solvers=["dpmpp2m"], reference_nfe=[]),
@@ -68,7 +68,7 @@ def main() -> None:
 def progress_fd(student, result, evaluation: Evaluation) -> dict:
     """FD at 1 and 2 NFE of the EMA weights so far (the training weights are put back afterwards)."""
     current = {k: v.clone() for k, v in student.state_dict().items()}
-    student.load_state_dict(ema_state_dict(student, result.ema[0.99]))
+    use_ema(student, result, 0.99)
     rows = evaluation.student_rows(student.eval(), [1, 2])
     student.load_state_dict(current)
     student.train()

@@ -16,12 +16,12 @@ import argparse
 
 import torch
 
-from distill.conventions import with_scale
+from distill.conditions import with_scale
 from distill.evaluate import CLASSIFIER_FOR_DATA, save_samples
 from distill.metrics import BundledClassifier, class_agreement
-from distill.objectives.base import with_guidance
 from distill.solvers import sample
 from distill.students import load_model
+from distill.teachers.guided import guide
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
             for steps in (1, 2):
                 rows.append((f"student, {steps} step{'s' * (steps > 1)}{scale}", sample(student, noise, steps=steps,
                                                                                       cond=cond)))
-            guided = teacher if w is None else with_guidance(teacher, w)
+            guided = guide(teacher, w)
             rows.append((f"teacher, dpmpp2m {args.teacher_steps} steps{scale}",
                          sample(guided, noise, steps=args.teacher_steps, solver="dpmpp2m", cond=labels)))
     for name, images in rows:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.conventions import split_scale, with_scale
+from distill.conditions import split_scale, with_scale
 from distill.objectives import Batch, TrajectoryConfig, TrajectoryDistillation
 from distill.solvers import sample
 from distill.students import FlowMap, load_student

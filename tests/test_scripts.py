@@ -67,3 +67,38 @@ def test_dmd_finetune_prints_progress_and_the_final_rows(tmp_path):
     assert set(json.loads(progress)) == {"step", "fd1", "fd2"}
     assert [(r["model"], r["nfe"]) for r in json.loads(final)][-3:] == [("dmd", 1), ("dmd", 2), ("dmd", 4)]
     assert (tmp_path / "run" / "student").is_dir()
+
+
+def test_bench_distill_prints_a_row_with_speed_at_equal_quality(tmp_path):
+    out = run_script("bench_distill.py", "--rows", "mnist-flow:trajectory", "--steps", "4", "--samples", "20",
+                     "--trajectories", "8", "--json", cwd=tmp_path)
+    row = json.loads(out)["rows"][0]
+    assert row["objective"] == "trajectory" and set(row["fd_ratio"]) == {"1", "2", "4"}
+    assert set(row["equal_quality"]) == {"1", "2"} and row["teacher_best"]["nfe"] <= 64
+
+
+def test_bench_export_reports_every_precision(tmp_path):
+    import distill
+    from distill.run import StudentConfig, build_student
+
+    build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
+        tmp_path / "student")
+    out = run_script("bench_export.py", "--student", str(tmp_path / "student"), "--steps", "1", "--precisions",
+                     "fp32,int8", "--samples", "20", "--batch", "4", "--out", "export", "--json", cwd=tmp_path)
+    ratios = json.loads(out)["ratios"]
+    assert {(r["steps"], r["precision"]) for r in ratios} == {(1, "fp32"), (1, "int8")}
+    assert all(r["size_vs_fp32"] > 0 and r["fd_vs_float"] is not None for r in ratios)
+
+
+def test_bundle_reference_writes_the_teacher_samples(tmp_path):
+    out = run_script("bundle_reference.py", "mnist-flow", "--samples", "8", "--solvers", "euler", "--nfe", "1",
+                     "--reference-nfe", "2", "--out", str(tmp_path / "reference"), cwd=tmp_path)
+    written = sorted((tmp_path / "reference").glob("*.safetensors"))
+    assert len(written) == 3 and all(str(path) in out for path in written)  # euler 1, dpmpp2m 2, the fidelity reference
+
+
+def test_train_classifiers_writes_a_card(tmp_path):
+    run_script("train_classifiers.py", "digits8", "--epochs", "1", "--out", str(tmp_path / "classifiers"),
+               cwd=tmp_path)
+    card = json.loads((tmp_path / "classifiers" / "digits8" / "card.json").read_text())
+    assert 0 <= card["holdout_accuracy"] <= 1 and card["epochs"] == 1

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..conventions import per_example, split_scale, with_scale
+from ..conditions import map_condition, split_scale, with_scale
+from ..conventions import per_example
 from ..jvp import chosen_mode, jvp
 from ..solvers import ONE_STEP_SOLVERS
+from ..teachers.guided import guide
 from .timesteps import TimePairs
 
 DISTANCES = ("l2", "pseudo_huber")
@@ -90,7 +92,7 @@ class DistillationObjective:
         if not isinstance(self.config, self.config_class):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, "
                             f"got {type(self.config).__name__}")
-        self.teacher = with_guidance(teacher, self.config.guidance)
+        self.teacher = guide(teacher, self.config.guidance)
         self._jvp_mode = getattr(self.config, "jvp_mode", "auto")
         # X⁻ for the methods whose config has a target_ema
         self.target_network = TargetNetwork(self.config.target_ema) if hasattr(self.config, "target_ema") else None
@@ -124,6 +126,10 @@ class DistillationObjective:
 
     def loss(self, student, batch: Batch, step: int) -> LossOutput:
         raise NotImplementedError
+
+    def training_data(self, progress: bool = True):
+        """The data an objective makes for itself (teacher trajectories), or ``None``: it trains on the run's data."""
+        return None
 
     def state_dict(self) -> dict[str, Tensor]:
         """The objective's own state to checkpoint with the run (the target network's EMA weights)."""
@@ -196,29 +202,10 @@ def noised(x_data: Tensor, t: Tensor) -> Tensor:
     return per_example(1 - t, x_data) * x_data + per_example(t, x_data) * torch.randn_like(x_data)
 
 
-def with_guidance(teacher, guidance: float | list[float] | None):
-    """``teacher`` itself, or wrapped in classifier-free guidance at scale ``guidance`` (null class from its info; a
-    range's lower end is the default scale, which conditions that carry their own scale override)."""
-    if guidance is None:
-        return teacher
-    if isinstance(guidance, list):
-        guidance = guidance[0]
-    from ..teachers.guided import GuidedTeacher
-
-    null = getattr(teacher, "info", {}).get("null_label")
-    if null is None:
-        raise ValueError("guidance needs a class-conditional teacher whose info names its null_label")
-    return GuidedTeacher(teacher, guidance, null)
-
-
 def repeat_batch(value, times: int):
     """A tensor, dict of tensors or ``None`` repeated ``times`` along the batch dimension (several evaluations in
     one forward pass, so DistributedDataParallel sees a single call)."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return {k: repeat_batch(v, times) for k, v in value.items()}
-    return torch.cat([value] * times)
+    return map_condition(lambda tensor: torch.cat([tensor] * times), value)
 
 
 def select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..conventions import per_example, split_scale
+from ..conditions import split_scale
+from ..conventions import per_example
 from .base import Batch, LossOutput, unwrap
 from .trajectory import TrajectoryConfig, TrajectoryDistillation
 
@@ -102,8 +103,7 @@ class DistributionMatching(TrajectoryDistillation):
     # --- auxiliary networks ----------------------------------------------------------------------------------
     def _build(self, device) -> None:
         """The fake score (a trainable copy of the teacher), the GAN head and their one optimiser."""
-        base = self.teacher.teacher if hasattr(self.teacher, "guidance_scale") else self.teacher  # unguided network
-        self.fake = copy.deepcopy(base).to(device).requires_grad_(True).train()
+        self.fake = copy.deepcopy(self.teacher.unguided).to(device).requires_grad_(True).train()
         params = list(self.fake.parameters())
         if self.config.gan_weight > 0:
             self.features = BottleneckFeatures(self.fake.network)

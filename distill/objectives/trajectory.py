@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..conventions import with_scale
+from ..conditions import with_scale
 from ..data import Dataset, class_cycle, teacher_trajectories
 from ..solvers import time_grid
 from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, gap

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..conventions import per_example, split_scale
+from ..conditions import split_scale
+from ..conventions import per_example
 from ..lora import LoraSettings, add_lora, merge_lora, read_adapter, write_adapter
 from ..nets import sinusoidal_embedding
 from ..teachers.base import NetworkTeacher, as_time_batch
@@ -122,7 +123,7 @@ class TeacherFlowMap(FlowMap):
     def add_guidance_embedding(self, default: float = 1.0) -> TeacherFlowMap:
         """Condition the student on a classifier-free guidance scale ``w`` (in place): a zero-initialised embedding of
         ``w`` beside the gap embedding, so one student serves every scale at one network call per step. ``w`` rides
-        in the condition (``distill.conventions.with_scale``); ``default`` is used when a call carries none."""
+        in the condition (``distill.conditions.with_scale``); ``default`` is used when a call carries none."""
         if not self.guidance_embeddings:
             self._hook_embeddings(self.guidance_embeddings, GUIDANCE_SCALE)
         self.default_guidance = float(default)

@@ -43,6 +43,20 @@ class Teacher(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
         return self.velocity(x, t, cond)
 
+    # --- capabilities a teacher may declare (the defaults say it has none) --------------------------------------
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """``n`` exact draws of its data distribution, for an analytic teacher; ``None`` for a learned one."""
+        return None
+
+    def flow_map(self, x: Tensor, t: Tensor | float, s: Tensor | float) -> Tensor | None:
+        """Its exact flow map ``X(x, t, s)``, for an analytic teacher; ``None`` for a learned one."""
+        return None
+
+    @property
+    def unguided(self) -> Teacher:
+        """The teacher without classifier-free guidance (itself, unless it is a guidance wrapper)."""
+        return self
+
     def training_grid(self, steps: int, **options) -> Tensor:
         """Canonical times of this teacher's own sampler with ``steps`` steps (see ``Schedule.training_grid``)."""
         raise NotImplementedError(f"{type(self).__name__} has no training-timestep grid; use grid='uniform'")
@@ -120,6 +134,20 @@ class NetworkTeacher(Teacher):
     def _network_output(self, x: Tensor, t: Tensor, cond) -> Tensor:
         x_in, timestep = self.parameterization.model_input(x, t)
         return self.call_network(x_in, timestep, cond).to(x.dtype)
+
+    # --- capabilities a teacher may declare (the defaults say it has none) --------------------------------------
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """``n`` exact draws of its data distribution, for an analytic teacher; ``None`` for a learned one."""
+        return None
+
+    def flow_map(self, x: Tensor, t: Tensor | float, s: Tensor | float) -> Tensor | None:
+        """Its exact flow map ``X(x, t, s)``, for an analytic teacher; ``None`` for a learned one."""
+        return None
+
+    @property
+    def unguided(self) -> Teacher:
+        """The teacher without classifier-free guidance (itself, unless it is a guidance wrapper)."""
+        return self
 
     def training_grid(self, steps: int, **options) -> Tensor:
         grid = self.schedule.training_grid(steps, **options)

@@ -1,7 +1,7 @@
 """Classifier-free guidance as a teacher wrapper.
 
 A guidance-conditioned student and its guided teacher take the scale ``w`` inside the condition
-(``distill.conventions.with_scale``).
+(``distill.conditions.with_scale``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..conventions import per_example, split_scale
+from ..conditions import split_scale
+from ..conventions import per_example
 from .base import Teacher
 
 
@@ -38,6 +39,10 @@ class GuidedTeacher(Teacher):
         self.t_min, self.t_max, self.sample_shape = teacher.t_min, teacher.t_max, teacher.sample_shape
         self.info = teacher.info
 
+    @property
+    def unguided(self) -> Teacher:
+        return self.teacher
+
     def training_grid(self, steps: int, **options) -> Tensor:
         return self.teacher.training_grid(steps, **options)
 
@@ -62,6 +67,20 @@ class GuidedTeacher(Teacher):
 
     def extra_repr(self) -> str:  # part of the cache key of this teacher's samples (distill.data.fingerprint)
         return f"guidance_scale={self.guidance_scale}, null_cond={self.null_cond!r}"
+
+
+def guide(teacher: Teacher, scale: float | list[float] | None, null=None) -> Teacher:
+    """``teacher`` itself (``scale`` None), or wrapped in classifier-free guidance at ``scale`` (a range's lower end
+    is the default, which conditions carrying their own scale override). ``null``: the unconditional condition;
+    default: the null class its info names."""
+    if scale is None:
+        return teacher
+    if isinstance(scale, list):
+        scale = scale[0]
+    null = teacher.info.get("null_label") if null is None else null
+    if null is None:
+        raise ValueError("guidance needs a class-conditional teacher whose info names its null_label (or --null-class)")
+    return GuidedTeacher(teacher, scale, null)
 
 
 def _stack_with_null(cond, null, batch: int, device):

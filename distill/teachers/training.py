@@ -12,26 +12,15 @@ from pathlib import Path
 import torch
 
 from ..config import dump
-from ..data import Dataset, load_dataset
+from ..data import DataConfig, Dataset, load_dataset
 from ..nets import NETWORKS
 from ..objectives.denoising import DenoisingConfig, DenoisingLoss
 from ..run_folder import open_run_folder
-from ..train import TrainConfig, TrainResult, ema_state_dict, train
+from ..train import TrainConfig, TrainResult, train, use_ema
 from .base import NetworkTeacher
 from .diffusers_teacher import DiffusersTeacher
 from .loading import INFO_FILE
 from .module import ModuleTeacher
-
-
-@dataclass
-class TeacherDataConfig:
-    """``name``: a dataset of ``distill.data.load_dataset``; ``conditional``: train on its labels."""
-
-    name: str = "mnist"
-    size: int | None = None
-    n: int = 100000
-    seed: int = 0
-    conditional: bool = True
 
 
 @dataclass
@@ -41,7 +30,7 @@ class TeacherConfig:
 
     name: str = "teacher"
     description: str = ""
-    data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="mnist"))
     model: dict = field(default_factory=lambda: {"class": "UNet2DModel"})
     scheduler: dict = field(default_factory=lambda: {"_class_name": "DDPMScheduler"})
     objective: DenoisingConfig = field(default_factory=DenoisingConfig)
@@ -106,7 +95,10 @@ def train_teacher(config: TeacherConfig, restart: bool = False) -> tuple[Path, T
     output = Path(config.output) if config.output else run_dir / "teacher"
     check_output(output)
     run_dir = open_run_folder(config, restart)
-    data = load_dataset(config.data.name, config.data.size, config.data.n, config.data.seed)
+    if not config.data.name:
+        raise ValueError("a teacher needs data: set data.name (e.g. mnist, digits, checkerboard, an image folder)")
+    data = load_dataset(config.data.name, config.data.size, config.data.n, config.data.seed,
+                        config.data.classes or None)
     if not config.data.conditional:
         data.labels = None
     print(f"{config.name}: {len(data)} samples of shape {list(data.sample_shape)} from {config.data.name}",
@@ -116,11 +108,12 @@ def train_teacher(config: TeacherConfig, restart: bool = False) -> tuple[Path, T
     if config.init:
         initialise_from(teacher, config.init)
     result = train(teacher, DenoisingLoss(config.objective), data, config.train, run_dir)
-    teacher.load_state_dict(ema_state_dict(teacher, result.ema[config.train.ema_decays[0]]))
+    use_ema(teacher, result)
     save_teacher(teacher.requires_grad_(False).eval(), output)
     conditional = data.labels is not None
     info = {"name": config.name, "description": config.description,
-            "data": {"name": config.data.name, "size": config.data.size},
+            "data": {"name": config.data.name, "size": config.data.size,
+                     **({"classes": config.data.classes} if config.data.classes else {})},
             "num_classes": data.num_classes if conditional else None,
             "null_label": config.objective.null_label if conditional else None}
     (output / INFO_FILE).write_text(json.dumps(info, indent=2))
