@@ -135,20 +135,6 @@ class NetworkTeacher(Teacher):
         x_in, timestep = self.parameterization.model_input(x, t)
         return self.call_network(x_in, timestep, cond).to(x.dtype)
 
-    # --- capabilities a teacher may declare (the defaults say it has none) --------------------------------------
-    def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
-        """``n`` exact draws of its data distribution, for an analytic teacher; ``None`` for a learned one."""
-        return None
-
-    def flow_map(self, x: Tensor, t: Tensor | float, s: Tensor | float) -> Tensor | None:
-        """Its exact flow map ``X(x, t, s)``, for an analytic teacher; ``None`` for a learned one."""
-        return None
-
-    @property
-    def unguided(self) -> Teacher:
-        """The teacher without classifier-free guidance (itself, unless it is a guidance wrapper)."""
-        return self
-
     def training_grid(self, steps: int, **options) -> Tensor:
         grid = self.schedule.training_grid(steps, **options)
         return grid.clamp(max=self.t_max)
