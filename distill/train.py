@@ -40,7 +40,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     lr_decay: str = "constant"  # after warm-up: "constant", or "cosine" down to min_learning_rate at decay_steps
-    decay_steps: int | None = None  # where the cosine ends (default: the last step); constant after it
+    decay_steps: int | None = None  # where the cosine ends (default: the last step; later: it does not finish)
     min_learning_rate: float = 0.0  # the cosine's floor (a second phase, such as DMD after a warm start, runs at it)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -62,8 +62,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
-        if self.decay_steps is not None and not self.warmup_steps < self.decay_steps <= self.steps:
-            raise ValueError(f"decay_steps must lie in (warmup_steps, steps], got {self.decay_steps}")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise ValueError(f"decay_steps must come after warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
         if not 0 <= self.min_learning_rate <= self.learning_rate:
             raise ValueError(f"min_learning_rate must lie in [0, learning_rate], got {self.min_learning_rate}")
         if any(not 0 < d < 1 for d in self.ema_decays):

@@ -50,8 +50,9 @@ def map_error(student, teacher, noise) -> float:
 
 
 def data_for(objective, teacher) -> torch.Tensor:
-    if hasattr(objective, "training_data"):
-        return objective.training_data(progress=False).x
+    own = objective.training_data(progress=False)  # the trajectory objective makes its own
+    if own is not None:
+        return own.x
     return teacher.sample_data(20_000, torch.Generator().manual_seed(1)).float()
 
 

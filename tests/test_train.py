@@ -119,5 +119,5 @@ def test_cosine_reaches_its_floor_at_decay_steps_and_stays_there():
     assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
     plain = _lr_lambda(TrainConfig(steps=100, warmup_steps=10, lr_decay="cosine"))
     assert plain(99) == pytest.approx(0.0, abs=1e-3) and plain(55) == pytest.approx(0.5, abs=0.02)
-    with pytest.raises(ValueError, match="decay_steps"):
-        TrainConfig(steps=100, warmup_steps=10, decay_steps=200)
+    with pytest.raises(ValueError, match="decay_steps must come after warmup_steps"):
+        TrainConfig(steps=100, warmup_steps=10, decay_steps=5)
