@@ -318,12 +318,11 @@ def bundled_result(key: str) -> dict | None:
     """Teacher samples that ship with a bundled teacher (``<teacher>/reference/<key>.safetensors``, written by
     ``scripts/bundle_reference.py``): the same cache key, so they are found only for the same weights, noise, labels,
     solver and steps."""
-    from safetensors.torch import load_file
-
     from .teachers.loading import ASSET_DIR
+    from .weights import read_safetensors
 
     for path in ASSET_DIR.glob(f"*/{REFERENCE_FOLDER}/{key}.safetensors"):
-        stored = load_file(path)
+        stored = read_safetensors(path)
         return {"x": stored["x"], "seconds": float(stored["seconds"])}
     return None
 

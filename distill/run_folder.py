@@ -47,8 +47,6 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-
-
 def open_run_folder(config, restart: bool = False) -> Path:
     """The run folder of ``config`` (``config.run_dir`` with ``{name}``), claimed for it: created, or checked to hold
     a run of the same config, and the resolved config recorded with its hash."""

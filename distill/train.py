@@ -164,7 +164,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(folder: Path) -> Checkpoint:
     """Verify the manifest, then load the checkpoint; never half-way."""
-    from safetensors.torch import load_file
+    from .weights import read_safetensors
 
     manifest_file = folder / "manifest.json"
     if not manifest_file.exists():
@@ -179,11 +179,11 @@ def load_checkpoint(folder: Path) -> Checkpoint:
         if not path.exists() or _sha256(path) != digest:
             raise CheckpointError(f"checkpoint {folder}: {name} is missing, truncated or altered (SHA-256 mismatch); "
                                   "delete this checkpoint folder to resume from an earlier one")
-    model_state = load_file(folder / "model.safetensors")
-    ema = {float(p.stem.split("_", 1)[1]): load_file(p) for p in folder.glob("ema_*.safetensors")}
+    model_state = read_safetensors(folder / "model.safetensors")
+    ema = {float(p.stem.split("_", 1)[1]): read_safetensors(p) for p in folder.glob("ema_*.safetensors")}
     trainer_state = torch.load(folder / "trainer_state.pt", weights_only=True)
     objective_file = folder / "objective.safetensors"
-    objective = load_file(objective_file) if objective_file.exists() else {}
+    objective = read_safetensors(objective_file) if objective_file.exists() else {}
     return Checkpoint(model_state, ema, trainer_state, objective)
 
 

@@ -94,9 +94,9 @@ def train_teacher(config: TeacherConfig, restart: bool = False) -> tuple[Path, T
     run_dir = Path(config.run_dir.format(name=config.name))
     output = Path(config.output) if config.output else run_dir / "teacher"
     check_output(output)
-    run_dir = open_run_folder(config, restart)
-    if not config.data.name:
+    if not config.data.name:  # before the run folder is claimed
         raise ValueError("a teacher needs data: set data.name (e.g. mnist, digits, checkerboard, an image folder)")
+    run_dir = open_run_folder(config, restart)
     data = load_dataset(config.data.name, config.data.size, config.data.n, config.data.seed,
                         config.data.classes or None)
     if not config.data.conditional:
