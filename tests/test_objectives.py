@@ -240,6 +240,29 @@ def test_trajectory_distillation_vanishes_on_the_exact_map_and_caches_its_data(t
         TrajectoryConfig(solver="rk4")
 
 
+def test_trajectory_jumps_draw_the_samplers_jumps_in_their_shares():
+    """``jumps=[1, 2, 4]`` on five stored times: the one-step jump (0 -> 4) a third of the time, each of the two-step
+    sampler's jumps a sixth, each four-step jump a twelfth, and no other pair; a length that does not divide the
+    stored intervals is refused."""
+    from distill.objectives import TrajectoryConfig, TrajectoryDistillation
+
+    teacher = mixture()
+    objective = TrajectoryDistillation(teacher, TrajectoryConfig(trajectories=4, steps=16, stride=4, jumps=[1, 2, 4]))
+    pairs, weights = objective.pairs(5)
+    drawn = pairs[:, torch.multinomial(weights, 120_000, replacement=True, generator=torch.Generator().manual_seed(0))]
+    counts = {(int(i), int(j)): 0 for i, j in pairs.T}
+    for i, j in drawn.T.tolist():
+        counts[(i, j)] += 1
+    expected = {(0, 4): 1 / 3, (0, 2): 1 / 6, (2, 4): 1 / 6, (0, 1): 1 / 12, (1, 2): 1 / 12, (2, 3): 1 / 12,
+                (3, 4): 1 / 12}
+    assert set(counts) == set(expected)
+    for pair, share in expected.items():
+        assert abs(counts[pair] / 120_000 - share) < 0.005, (pair, counts[pair])
+    assert objective.pairs(5)[1] is not None and TrajectoryDistillation(teacher, TrajectoryConfig()).pairs(5)[1] is None
+    with pytest.raises(ValueError, match="jumps must be sampler lengths"):
+        TrajectoryConfig(steps=16, stride=4, jumps=[3])
+
+
 def test_multistep_trajectories_keep_the_states_of_one_solve(tmp_path, monkeypatch):
     """DPM-Solver++(2M) trajectories: each kept state is the solver's own state at that time (the solve on the grid's
     prefix ends there: its history depends on earlier steps only), and they follow the exact flow map closely."""

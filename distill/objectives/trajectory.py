@@ -27,18 +27,26 @@ class TrajectoryConfig(DistillationConfig):
     """``trajectories``: how many teacher solutions to store (fresh noise seeded by ``seed``; classes in turn for a
     class-conditional teacher); ``solver`` (``euler``, ``heun`` or ``dpmpp2m``: one solve, its states kept) and
     ``steps``: the teacher's solver on its uniform grid; ``stride``: keep every ``stride``-th state (the student
-    learns jumps between kept times, so a K-step sampler needs ``steps / stride`` to be a multiple of K)."""
+    learns jumps between kept times, so a K-step sampler needs ``steps / stride`` to be a multiple of K);
+    ``jumps``: the sampler lengths whose jumps the regression draws, each length equally often and its K jumps of
+    the uniform grid equally (``[1, 2, 4]``: the one-step jump a third of the time); unset, every pair of stored
+    times is drawn uniformly (the flow map between any two of them)."""
 
     trajectories: int = 5000
     solver: str = "heun"
     steps: int = 16
     stride: int = 4
     seed: int = 1234
+    jumps: list[int] | None = None
 
     def __post_init__(self):
         super().__post_init__()
         if self.steps % self.stride or self.trajectories < 1:
             raise ValueError(f"stride ({self.stride}) must divide steps ({self.steps}); trajectories must be >= 1")
+        intervals = self.steps // self.stride
+        if self.jumps is not None and (not self.jumps or any(k < 1 or intervals % k for k in self.jumps)):
+            raise ValueError(f"jumps must be sampler lengths that divide the {intervals} stored intervals "
+                             f"(steps / stride), got {self.jumps}")
         from ..solvers import get_solver
 
         get_solver(self.solver)
@@ -72,14 +80,29 @@ class TrajectoryDistillation(DistillationObjective):
         """The trajectories' ends: the teacher's own samples at t = 0."""
         return batch.x[:, -1]
 
+    def pairs(self, count: int) -> tuple[Tensor, Tensor | None]:
+        """The index pairs ``(i, j)``, i < j, that the regression draws [2, P], and their weights [P] (None: all
+        pairs, uniformly)."""
+        if self.config.jumps is None:
+            return torch.triu_indices(count, count, offset=1), None
+        starts, ends, weights = [], [], []
+        for k in self.config.jumps:  # a K-step sampler's K jumps on the stored grid, 1/K each
+            width = (count - 1) // k
+            starts += range(0, count - 1, width)
+            ends += range(width, count, width)
+            weights += [1.0 / k] * k
+        return torch.tensor([starts, ends]), torch.tensor(weights)
+
     def loss(self, student, batch: Batch, step: int) -> LossOutput:
         states, times = batch.x, self.times  # [B, M, ...], [M]
         size, count = states.shape[0], states.shape[1]
         if count != len(times):
             raise ValueError(f"batches hold {count} states per trajectory, the config stores {len(times)}: build "
                              "the data with this objective's training_data()")
-        pairs = torch.triu_indices(count, count, offset=1)  # every (i, j) with i < j, drawn uniformly
-        i, j = pairs[:, torch.randint(0, pairs.shape[1], (size,))]
+        pairs, weights = self.pairs(count)
+        drawn = torch.randint(0, pairs.shape[1], (size,)) if weights is None else \
+            torch.multinomial(weights, size, replacement=True)
+        i, j = pairs[:, drawn]
         rows = torch.arange(size)
         x_t, x_s = states[rows, i], states[rows, j]
         t, s = times[i], times[j]
