@@ -76,9 +76,11 @@ def _sample_onnx(args: argparse.Namespace) -> dict:
 
     from .data import class_cycle
     from .evaluate import save_samples
+    from .model_info import ModelInfo
 
     runtime = OnnxSampler(args.model, providers=args.providers)
-    labels = class_cycle(runtime.metadata, args.n)  # a class-conditional model: every class in turn
+    # a class-conditional model: every class in turn
+    labels = class_cycle(ModelInfo(num_classes=runtime.metadata.get("num_classes")), args.n)
     if args.class_label is not None:
         labels = [args.class_label] * args.n
     steps = runtime.metadata.get("steps") or args.steps
@@ -147,12 +149,12 @@ def _eval(args: argparse.Namespace) -> dict:
 
     model, teacher = load_model(args.model)
     if teacher is None:
-        raise ValueError(f"{args.model} does not name the teacher it was distilled from (info['teacher'])")
+        raise ValueError(f"{args.model} does not name the teacher it was distilled from (info.teacher)")
     student = None if model is teacher else model  # a student is shown beside its teacher's solvers at the same NFE
     guidance = args.guidance if args.guidance is not None or student is None else student.default_guidance
     evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet,
                             guidance=guidance)  # a guidance-distilled student is judged at its default scale
-    teacher_name = str(args.model if student is None else student.info["teacher"])
+    teacher_name = str(args.model if student is None else student.info.teacher)
     rows = evaluation.side_by_side(student, args.solvers, args.nfe, teacher_name=teacher_name,
                                    student_name=str(args.model))
     result = report(evaluation, rows)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .conditions import map_condition, split_scale, with_scale
+from .model_info import ModelInfo
 
 TOY_SETS = ("checkerboard", "eight-gaussians", "two-moons", "spirals")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -216,10 +217,10 @@ def load_dataset(name: str, size: int | None = None, n: int = 20000, seed: int =
     return data
 
 
-def class_cycle(info: dict, n: int) -> Tensor | None:
+def class_cycle(info: ModelInfo, n: int) -> Tensor | None:
     """Labels for ``n`` samples of a class-conditional model (``info`` of a teacher or student): its classes in turn
     (only those of its data's class subset, when it was trained on one); ``None`` for an unconditional model."""
-    classes = info.get("data", {}).get("classes") or list(range(info.get("num_classes") or 0))
+    classes = info.data.classes or list(range(info.num_classes or 0))
     return torch.as_tensor(classes)[torch.arange(n) % len(classes)] if classes else None
 
 
@@ -307,7 +308,7 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
         os.replace(tmp, path)
     name = "teacher-samples" if ends_only else "teacher-trajectories"
     labels, scales = split_scale(cond)
-    return Dataset(stored["x"], labels, name, teacher.info.get("num_classes"), stored["seconds"],
+    return Dataset(stored["x"], labels, name, teacher.info.num_classes, stored["seconds"],
                    None if scales is None else torch.as_tensor(scales).expand(len(noise)))
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from . import metrics
 from .conditions import with_scale
 from .data import Dataset, class_cycle, load_dataset, teacher_samples
+from .model_info import DataInfo
 from .solvers import SOLVERS, sample, solver_nfe, steps_for_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
@@ -53,9 +54,9 @@ class Evaluation:
         samples: number of generated samples per row.
         seed: seeds the noise and class labels.
         data: dataset name (``distill.data.load_dataset``) when the teacher's ``info`` lacks it, or a dict like a
-            teacher's ``info["data"]`` (name, size, classes) to judge it against other data.
+            teacher's ``info.data`` (name, size, classes) to judge it against other data.
         progress: print progress lines to stderr.
-        guidance: a classifier-free guidance scale ``w``: the teacher is guided at ``w`` (its ``info["null_label"]``
+        guidance: a classifier-free guidance scale ``w``: the teacher is guided at ``w`` (its ``info.null_label``
             is the unconditional class), and guidance-conditioned students are asked for ``w``.
     """
 
@@ -69,15 +70,13 @@ class Evaluation:
             teacher = guide(teacher, float(guidance))
         self.guidance = guidance
         self.teacher, self.samples, self.seed, self.progress = teacher, samples, seed, progress
-        info = dict(teacher.info.get("data", {}))
-        if data is not None:
-            info = dict(data) if isinstance(data, dict) else {"name": data, "size": None}
-        if "name" not in info:
+        info = teacher.info.data if data is None else DataInfo.from_json(data)
+        if info.name is None:
             raise ValueError("unknown data for this teacher: pass data= (e.g. mnist, digits, checkerboard)")
-        self.data_name, self.data_size, self.data_classes = info["name"], info.get("size"), info.get("classes")
+        self.data_name, self.data_size, self.data_classes = info.name, info.size, info.classes
         generator = torch.Generator().manual_seed(seed)
         self.noise = torch.randn(samples, *teacher.sample_shape, generator=generator)
-        self.cond = class_cycle({**teacher.info, "data": info}, samples)
+        self.cond = class_cycle(teacher.info.replace(data=info), samples)
         self.is_image = len(teacher.sample_shape) == 3
         self.classifier = self._classifier() if self.is_image else None
         self.real = self._real_data()

@@ -20,6 +20,7 @@ import torch
 
 from .config import build, check_keys
 from .data import DataConfig, Dataset, load_dataset
+from .model_info import DataInfo
 from .objectives.denoising import DenoisingConfig, DenoisingLoss
 from .run_folder import open_run_folder
 from .train import TrainConfig, train, use_ema
@@ -61,13 +62,13 @@ def load_finetune_config(name_or_path: str, overrides: list[str] | None = None) 
 
 def adaptation_data(teacher, config: DataConfig) -> Dataset:
     """The new data, checked against the teacher's sample shape and conditioning."""
-    own = teacher.info.get("data", {})
-    size = config.size or (own.get("size") if config.name is None else None) or teacher.sample_shape[-1]
-    data = load_dataset(config.name or own["name"], size, config.n, config.seed, config.classes or None)
+    own = teacher.info.data
+    size = config.size or (own.size if config.name is None else None) or teacher.sample_shape[-1]
+    data = load_dataset(config.name or own.name, size, config.n, config.seed, config.classes or None)
     if tuple(data.sample_shape) != tuple(teacher.sample_shape):
         raise ValueError(f"the data's samples have shape {list(data.sample_shape)}, the teacher's "
                          f"{list(teacher.sample_shape)}: set data.size (or convert the images' channels)")
-    classes = teacher.info.get("num_classes")
+    classes = teacher.info.num_classes
     if classes and not config.conditional:
         raise ValueError("this teacher is class-conditional: it adapts to labelled data (data.conditional: true)")
     if classes and data.labels is None:
@@ -88,7 +89,7 @@ def finetune(config: FinetuneConfig, restart: bool = False) -> dict:
     run_dir = open_run_folder(config, restart)
     teacher = load_teacher(config.teacher)
     data = adaptation_data(teacher, config.data)
-    objective = config.denoising(teacher.info.get("null_label") if data.labels is not None else None)
+    objective = config.denoising(teacher.info.null_label if data.labels is not None else None)
     torch.manual_seed(config.train.seed)
     settings = add_teacher_lora(teacher, LoraSettings(**config.lora))
     print(f"{config.name}: LoRA on {config.teacher}, {len(data)} samples of {data.name}, "
@@ -97,10 +98,11 @@ def finetune(config: FinetuneConfig, restart: bool = False) -> dict:
     result = train(teacher, DenoisingLoss(objective), data, config.train, run_dir)
     use_ema(teacher, result)
     teacher.requires_grad_(False).eval()
-    data_info = {"name": config.data.name or teacher.info["data"]["name"], "size": teacher.sample_shape[-1],
-                 **({"classes": config.data.classes} if config.data.classes else {})}
-    teacher.info = {**teacher.info, "name": config.name, "data": data_info, "adapted_from": config.teacher,
-                    "description": f"{config.teacher} adapted to {data.name} with LoRA (rank {settings.rank})"}
+    data_info = DataInfo(config.data.name or teacher.info.data.name, teacher.sample_shape[-1],
+                         config.data.classes or None)
+    teacher.info = teacher.info.replace(
+        name=config.name, data=data_info, adapted_from=config.teacher,
+        description=f"{config.teacher} adapted to {data.name} with LoRA (rank {settings.rank})")
     adapter, output = save_adapted(teacher, settings, run_dir)
     report = {"teacher": str(output), "adapter": str(adapter), "base": config.teacher, "steps": result.step,
               "train_seconds": round(result.seconds, 1),
@@ -123,7 +125,7 @@ def save_adapted(teacher, settings, run_dir: Path) -> tuple[Path, Path]:
     merge_network_lora(teacher.network)
     output = save_teacher(teacher, run_dir / "teacher")
     for folder in (adapter, output):
-        (folder / INFO_FILE).write_text(json.dumps(teacher.info, indent=2))
+        (folder / INFO_FILE).write_text(json.dumps(teacher.info.to_json(), indent=2))
     return adapter, output
 
 

@@ -139,9 +139,8 @@ def build_student(teacher, config: StudentConfig, teacher_spec: str,
                              f"or lora), not {config.kind}")
         network = TWO_TIME_NETWORKS[config.kind](**config.network)
         student = TwoTimeFlowMap(network, t_min=teacher.t_min, t_max=teacher.t_max, sample_shape=teacher.sample_shape)
-    student.info = {**teacher.info, "teacher": teacher_spec}
-    if guidance_range is not None:
-        student.info["guidance_range"] = list(guidance_range)
+    student.info = teacher.info.replace(teacher=teacher_spec,
+                                        guidance_range=None if guidance_range is None else list(guidance_range))
     return student
 
 
@@ -169,16 +168,16 @@ def resolve_output_rule(config: DistillConfig, teacher) -> None:
 
 
 def distillation_data(teacher, config: DataConfig) -> Dataset:
-    info = teacher.info.get("data", {})
-    name = config.name or info.get("name")
+    info = teacher.info.data
+    name = config.name or info.name
     if name is None:
         raise ValueError("the teacher does not record its data: set data.name (e.g. mnist, digits, checkerboard)")
     exact = teacher.sample_data(config.n, torch.Generator().manual_seed(config.seed)) if config.name is None else None
     if exact is not None:  # an analytic teacher: exact samples of its own distribution
         return Dataset(exact.float(), name=name)
-    classes = config.classes or (None if config.name else info.get("classes"))
-    data = load_dataset(name, config.size if config.name else info.get("size"), config.n, config.seed, classes)
-    if not (config.conditional and teacher.info.get("num_classes")):
+    classes = config.classes or (None if config.name else info.classes)
+    data = load_dataset(name, config.size if config.name else info.size, config.n, config.seed, classes)
+    if not (config.conditional and teacher.info.conditional):
         data.labels = None
     return data
 
@@ -244,7 +243,7 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
 
     scales: list = [None]
     if student.guidance_conditioned:
-        scales = config.guidance or student.info.get("guidance_range") or [student.default_guidance]
+        scales = config.guidance or student.info.guidance_range or [student.default_guidance]
     rows = []
     for scale in scales:
         evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed, guidance=scale)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .conditions import map_condition
 from .data import Dataset
-from .objectives.base import Batch, LossOutput
+from .objectives.base import Batch, LossFunction, LossOutput, Objective
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_DECAYS = ("constant", "cosine")
@@ -233,7 +233,7 @@ def _to_device(batch: Batch, device) -> Batch:
 
 def train(
     model: nn.Module,
-    objective: Callable[[nn.Module, Batch, int], LossOutput],
+    objective: Objective | Callable[[nn.Module, Batch, int], LossOutput],
     data: Dataset,
     config: TrainConfig,
     run_dir: str | Path,
@@ -241,7 +241,8 @@ def train(
     sample_every: int = 0,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``objective`` over batches of ``data``; resume from ``run_dir``.
-    An objective with ``state_dict()`` and ``load_state_dict(state, model)`` (target networks) is checkpointed too.
+    The objective's own state (:meth:`Objective.state_dict`: target networks) is checkpointed too; a plain function
+    is a stateless objective.
 
     Returns the final EMA weights by decay (the model itself holds the raw weights). With ``sampler`` (``model ->
     samples``), a sample grid is written to ``run_dir/samples/`` every ``sample_every`` steps. Metrics go to
@@ -251,6 +252,7 @@ def train(
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
+    objective = objective if isinstance(objective, Objective) else LossFunction(objective)
     tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     # several processes and no GPU (torchrun or accelerate launch on CPUs): Accelerate's gloo data parallelism
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -272,8 +274,7 @@ def train(
         saved = load_checkpoint(checkpoint)
         model_state, ema_state, trainer_state = saved.model, saved.ema, saved.trainer
         model.load_state_dict(model_state)
-        if hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(saved.objective, model)
+        objective.load_state_dict(saved.objective, model)
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         ema = {d: ema_state[d] for d in config.ema_decays} if set(ema_state) >= set(config.ema_decays) else ema
@@ -334,7 +335,7 @@ def train(
                 trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "step": step + 1, "skipped_steps": skipped, "config": json.dumps(asdict(config)),
                                  "seconds": earlier_seconds + time.perf_counter() - started}
-                objective_state = objective.state_dict() if hasattr(objective, "state_dict") else {}
+                objective_state = objective.state_dict()
                 save_checkpoint(run_dir, step + 1, Checkpoint(raw_model.state_dict(), ema, trainer_state,
                                                               objective_state))
     bar.close()

@@ -167,11 +167,11 @@ def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[s
     if graph == "jump":
         t = student.t_min + (student.t_max - student.t_min) * torch.rand(batch, generator=generator)
         inputs |= {"t": t, "s": t * torch.rand(batch, generator=generator)}
-    classes = student.info.get("num_classes")
+    classes = student.info.num_classes
     if classes:
         inputs["class_labels"] = torch.randint(0, classes, (batch,), generator=generator)
     if student.guidance_conditioned:
-        low, high = student.info.get("guidance_range") or [student.default_guidance] * 2
+        low, high = student.info.guidance_range or [student.default_guidance] * 2
         inputs["guidance"] = low + (high - low) * torch.rand(batch, generator=generator)
     return inputs
 
@@ -203,11 +203,11 @@ def export_onnx(student, path: str | Path, config: OnnxExportConfig | None = Non
         "steps": config.steps if config.graph == "sampler" else None,
         "times": [float(t) for t in module.times] if config.graph == "sampler" else None,
         "t_min": student.t_min, "t_max": student.t_max, "sample_shape": list(student.sample_shape),
-        "num_classes": student.info.get("num_classes"), "inputs": names, "output": _output_name(config.graph),
-        "guidance": {"default": student.default_guidance, "range": student.info.get("guidance_range")}
+        "num_classes": student.info.num_classes, "inputs": names, "output": _output_name(config.graph),
+        "guidance": {"default": student.default_guidance, "range": student.info.guidance_range}
         if student.guidance_conditioned else None,
         "precision": "fp32", "exporter": exporter, "opset": config.opset, "source": source,
-        "source_sha256": weights_hash(student), "teacher": student.info.get("teacher") or student.info.get("name"),
+        "source_sha256": weights_hash(student), "teacher": student.info.teacher or student.info.name,
     }
     write_metadata(path, metadata, strip_node_metadata=not config.float_steps)
     return metadata

@@ -26,15 +26,15 @@ def card_text(name: str, teacher, result: dict, rows, evaluation: Evaluation) ->
     parameters = sum(p.numel() for p in teacher.parameters())
     floor = ", ".join(f"{k} {v:.4g}" for k, v in result["data_floor"].items() if k != "samples")
     minutes = summary["train_seconds"] / 60
-    data = f"`{info['data']['name']}`"
-    if info["data"].get("size"):
-        data += f" at {info['data']['size']}x{info['data']['size']}"
-    if info.get("num_classes"):
-        data += f", {info['num_classes']} classes, null label {info['null_label']} (label dropout for guidance)"
+    data = f"`{info.data.name}`"
+    if info.data.size:
+        data += f" at {info.data.size}x{info.data.size}"
+    if info.num_classes:
+        data += f", {info.num_classes} classes, null label {info.null_label} (label dropout for guidance)"
     network = type(getattr(teacher, "network", teacher)).__name__  # analytic teachers have none
     return f"""# Teacher `{name}`
 
-{info.get('description', '')}
+{info.description or ''}
 
 - **Data**: {data}.
 - **Network**: {network}, {parameters:,} parameters; path `{type(teacher.schedule).__name__}`, prediction

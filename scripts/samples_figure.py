@@ -36,14 +36,14 @@ def main() -> None:
     args = parser.parse_args()
 
     student, teacher = load_model(args.student)
-    classes = student.info.get("num_classes")
+    classes = student.info.num_classes
     if not classes:
         raise SystemExit(f"{args.student} is not class-conditional: this picture has a column per class")
     scales = args.scales if student.guidance_conditioned else [None]
     labels = torch.arange(classes).repeat_interleave(args.per_class)
     noise = torch.randn(len(labels), *student.sample_shape, generator=torch.Generator().manual_seed(args.seed))
-    data = student.info["data"]
-    classifier = BundledClassifier(CLASSIFIER_FOR_DATA[(data["name"], data.get("size"))])
+    data = student.info.data
+    classifier = BundledClassifier(CLASSIFIER_FOR_DATA[(data.name, data.size)])
     rows = []
     with torch.no_grad():
         for w in scales:

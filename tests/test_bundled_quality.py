@@ -26,7 +26,7 @@ def test_bundled_classifier_held_out_accuracy_is_recomputed(name):
 
 
 IMAGE_TEACHERS = [name for name in sorted(distill.teachers.bundled_teachers())
-                  if distill.load_teacher(name).info["data"]["name"] in ("mnist", "digits")]
+                  if distill.load_teacher(name).info.data.name in ("mnist", "digits")]
 POINT_TEACHERS = [name for name in sorted(distill.teachers.bundled_teachers())
                   if name not in IMAGE_TEACHERS and not isinstance(distill.load_teacher(name),
                                                                    distill.GaussianMixtureTeacher)]  # exact ones
@@ -37,8 +37,8 @@ def test_bundled_image_teacher_draws_recognisable_samples(name):
     """200 samples at 8 DPM-Solver++ steps: a class-conditional teacher's are the requested class (its cards measure
     >= 97% at 2,000 samples), an unconditional one's are confidently some digit."""
     teacher = distill.load_teacher(name)
-    data = teacher.info["data"]
-    classifier = BundledClassifier(CLASSIFIER_FOR_DATA[(data["name"], data.get("size"))])
+    data = teacher.info.data
+    classifier = BundledClassifier(CLASSIFIER_FOR_DATA[(data.name, data.size)])
     noise = torch.randn(200, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
     labels = class_cycle(teacher.info, 200)
     images = distill.sample(teacher, noise, steps=8, solver="dpmpp2m", cond=labels)
@@ -52,7 +52,7 @@ def test_bundled_image_teacher_draws_recognisable_samples(name):
 def test_bundled_point_teacher_matches_its_data(name):
     """1,000 points at 16 Heun steps lie within 2.5x the real-vs-real SWD of the data (cards: <= 1.45x at 64 NFE)."""
     teacher = distill.load_teacher(name)
-    data = load_dataset(teacher.info["data"]["name"], n=2000, seed=1).x
+    data = load_dataset(teacher.info.data.name, n=2000, seed=1).x
     noise = torch.randn(1000, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
     points = distill.sample(teacher, noise, steps=16, solver="heun").float()
     floor = sliced_wasserstein(data[:1000], data[1000:])

@@ -29,8 +29,8 @@ def test_finetune_writes_an_adapter_and_a_merged_teacher_that_distils_and_export
     assert report["eval"]["dataset"] == "digits"
 
     base, adapted = load_teacher("mnist"), load_teacher(report["teacher"])
-    assert adapted.info["data"] == {"name": "digits", "size": 16, "classes": [3, 7]}
-    assert adapted.info["adapted_from"] == "mnist" and adapted.info["null_label"] == 10
+    assert adapted.info.data.to_json() == {"name": "digits", "size": 16, "classes": [3, 7]}
+    assert adapted.info.adapted_from == "mnist" and adapted.info.null_label == 10
     x, t, labels = torch.randn(4, 1, 16, 16), torch.full((4,), 0.5), torch.tensor([3, 7, 3, 10])
     with torch.no_grad():
         merged = adapted.velocity(x, t, labels)

@@ -181,7 +181,7 @@ def test_guided_student_exports_with_a_guidance_input_and_samples_from_the_cli(t
     from exporters.runtime import OnnxSampler
 
     student = FlowMap.from_teacher(teacher()).add_guidance_embedding(default=2.0)
-    student.info = {**student.info, "guidance_range": [1.0, 4.0]}
+    student.info = student.info.replace(guidance_range=[1.0, 4.0])
     torch.manual_seed(3)
     with torch.no_grad():
         for embedding in student.guidance_embeddings:

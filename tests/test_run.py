@@ -26,7 +26,7 @@ def test_run_writes_a_student_that_sample_and_eval_accept(tmp_path, capsys):
     assert all(keys <= set(r) for r in rows) and report["eval"]["dataset"] == "eight-gaussians-exact"
     for name in ("config.yaml", "log.jsonl", "eval.json", "eval.md", "samples.png", "samples/step-00000006.png"):
         assert (run_dir / name).exists(), name
-    assert load_student(run_dir / "student").info["teacher"] == "eight-gaussians-exact"
+    assert load_student(run_dir / "student").info.teacher == "eight-gaussians-exact"
 
     out = tmp_path / "s.npz"
     assert main(["sample", str(run_dir / "student"), "--steps", "2", "--n", "8", "--out", str(out), "--json"]) == 0
@@ -92,7 +92,7 @@ def test_quickstart_report_has_the_contract_keys(tmp_path, capsys):
     assert artifact["fd"] == pytest.approx(artifact["float_fd"], rel=1e-3)
     assert [r["kind"] for r in report["eval"]["rows"]] == ["teacher", "student"]
     assert report["eval"]["rows"][1]["fd"] is not None
-    assert load_student(report["student"]).info["teacher"] == "mnist-flow"
+    assert load_student(report["student"]).info.teacher == "mnist-flow"
 
 
 def test_a_new_objective_needs_only_its_class_and_registry_entry(tmp_path, capsys, monkeypatch):

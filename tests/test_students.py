@@ -69,7 +69,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     x = torch.randn(2, *shape)
     with torch.no_grad():
         assert torch.equal(student(x, 0.8, 0.1, cond), loaded(x, 0.8, 0.1, cond))
-    assert loaded.info["num_classes"] == 10
+    assert loaded.info.num_classes == 10
 
 
 def test_sampling_a_student_jumps_between_grid_times():

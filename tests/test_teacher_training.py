@@ -19,7 +19,7 @@ def test_train_teacher_writes_a_loadable_diffusers_pipeline(tmp_path, capsys):
     assert report["steps"] == 3
     teacher = distill.load_teacher(tmp_path / "teacher")
     assert type(teacher).__name__ == "DiffusersTeacher" and teacher.scheduler_class == "FlowMatchEulerDiscreteScheduler"
-    assert teacher.info["data"]["name"] == "digits" and teacher.sample_shape == (1, 8, 8)
+    assert teacher.info.data.name == "digits" and teacher.sample_shape == (1, 8, 8)
     assert torch.isfinite(teacher.velocity(torch.randn(2, 1, 8, 8), 0.5)).all()
     from diffusers import DDPMPipeline
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -47,7 +48,7 @@ class DistillationConfig:
     """Settings every distillation objective shares.
 
     ``times``: how (t, s) pairs are drawn. ``guidance``: classifier-free guidance of the teacher (its
-    ``info["null_label"]`` is the unconditional class): a scale ``w`` baked into every target, or a range
+    ``info.null_label`` is the unconditional class): a scale ``w`` baked into every target, or a range
     ``[w_min, w_max]`` from which each example draws its own ``w`` (uniformly), which the student then takes as an
     input (``FlowMap.add_guidance_embedding``); ``None``: the plain teacher. ``distance``: ``l2`` (the
     squared norm ``|a - b|^2`` per example) or ``pseudo_huber`` (``sqrt(|a - b|^2 + c^2) - c``,
@@ -77,7 +78,31 @@ class DistillationConfig:
         return tuple(self.guidance) if isinstance(self.guidance, list) else None
 
 
-class DistillationObjective:
+class Objective:
+    """What the training loop calls: ``objective(model, batch, step) -> LossOutput``, and the objective's own state
+    (target networks, auxiliary networks and their optimisers) that a checkpoint carries; stateless by default."""
+
+    def __call__(self, model: nn.Module, batch: Batch, step: int) -> LossOutput:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor], model: nn.Module) -> None:
+        """Restore :meth:`state_dict`'s tensors (``model``: the trained model, for state shaped like it)."""
+
+
+class LossFunction(Objective):
+    """A plain function ``loss(model, batch, step) -> LossOutput`` as a stateless :class:`Objective`."""
+
+    def __init__(self, function: Callable[[nn.Module, Batch, int], LossOutput]):
+        self.function = function
+
+    def __call__(self, model: nn.Module, batch: Batch, step: int) -> LossOutput:
+        return self.function(model, batch, step)
+
+
+class DistillationObjective(Objective):
     """Base of the flow-map distillation objectives: ``objective(student, batch, step) -> LossOutput``.
 
     Args:

@@ -9,7 +9,7 @@ import torch
 
 from ..conventions import F64, DiscreteVPSchedule, per_example
 from ..teachers.base import NetworkTeacher
-from .base import Batch, LossOutput, unwrap
+from .base import Batch, LossOutput, Objective, unwrap
 
 TIME_SAMPLING = ("table", "uniform", "logit_normal")
 
@@ -33,7 +33,7 @@ class DenoisingConfig:
             raise ValueError("label_dropout > 0 needs null_label (the class index meaning 'no class')")
 
 
-class DenoisingLoss:
+class DenoisingLoss(Objective):
     """Mean squared error between the network's raw output and its exact-network target.
 
     Args:

@@ -236,12 +236,12 @@ class DistributionMatching(TrajectoryDistillation):
         if self.real_data is None:
             from ..data import load_dataset
 
-            info = self.teacher.info.get("data", {})
-            if not info.get("name"):
+            info = self.teacher.info.data
+            if not info.name:
                 raise ValueError("the GAN head needs real images: the teacher does not record its data")
-            self.real_data = load_dataset(info["name"], info.get("size"), classes=info.get("classes"))
+            self.real_data = load_dataset(info.name, info.size, classes=info.classes)
         index = torch.randint(len(self.real_data), (size,))
-        labels = None if self.real_data.labels is None or not self.teacher.info.get("num_classes") else \
+        labels = None if self.real_data.labels is None or not self.teacher.info.conditional else \
             self.real_data.labels[index].to(device)
         return self.real_data.x[index].to(device), labels
 

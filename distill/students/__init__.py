@@ -57,7 +57,7 @@ def load_model(spec: str | Path):
 
     if (Path(spec) / STUDENT_FILE).exists():
         student = load_student(spec)
-        teacher_spec = student.info.get("teacher")
+        teacher_spec = student.info.teacher
         return student, (load_teacher(teacher_spec) if teacher_spec else None)
     teacher = load_teacher(spec)
     return teacher, teacher

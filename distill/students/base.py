@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..conventions import per_example
+from ..model_info import InfoAttribute, ModelInfo
 from ..teachers.base import as_time_batch
 
 STUDENT_FILE = "student.json"
@@ -34,8 +35,10 @@ class FlowMap(nn.Module):
     kind: str = ""  # what student.json records; a subclass's folder format
     output_rule: str = ""  # how F reads the network output (docs/methods.md, "Output parameterisation")
     default_guidance: float | None = None  # a guidance-conditioned student's scale when a call carries none
+    info = InfoAttribute()  # its teacher's info, plus the teacher it was distilled from (ModelInfo.teacher)
 
-    def __init__(self, *, t_min: float, t_max: float, sample_shape: tuple[int, ...] | None, info: dict):
+    def __init__(self, *, t_min: float, t_max: float, sample_shape: tuple[int, ...] | None,
+                 info: ModelInfo | dict | None):
         if type(self) is FlowMap:
             raise TypeError("FlowMap is the students' interface: build one with FlowMap.from_teacher(teacher) or "
                             "TwoTimeFlowMap(network, sample_shape=...)")
@@ -115,7 +118,7 @@ class FlowMap(nn.Module):
     def write_spec(self, folder: Path, spec: dict) -> Path:
         """``student.json`` (``spec``: its ``kind`` and what the kind records, then ``info``) and ``scheduler/``."""
         write_scheduler_config(folder / "scheduler")
-        (folder / STUDENT_FILE).write_text(json.dumps({**spec, "info": self.info}, indent=2))
+        (folder / STUDENT_FILE).write_text(json.dumps({**spec, "info": self.info.to_json()}, indent=2))
         return folder
 
 

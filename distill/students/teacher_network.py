@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..conditions import split_scale
 from ..conventions import per_example
 from ..lora import LoraSettings, add_lora, merge_lora, read_adapter, write_adapter
+from ..model_info import ModelInfo
 from ..nets import sinusoidal_embedding
 from ..teachers.base import NetworkTeacher, as_time_batch
 from ..weights import load_weights
@@ -217,7 +218,7 @@ class TeacherFlowMap(FlowMap):
             spec = {**spec, "kind": "lora", "lora": self.lora.as_dict()}
         else:
             self.base.save_pretrained(folder / "network")
-            (folder / "network" / INFO_FILE).write_text(json.dumps(self.info, indent=2))
+            (folder / "network" / INFO_FILE).write_text(json.dumps(self.info.to_json(), indent=2))
             spec = {**spec, "hooked_modules": self.hooked_modules}
         self.save_embeddings(folder)
         return self.write_spec(folder, spec)
@@ -250,7 +251,7 @@ class TeacherFlowMap(FlowMap):
         if spec["kind"] != "lora":
             student = cls(load_folder(folder / "network"))
         else:
-            teacher_spec = spec["info"].get("teacher")
+            teacher_spec = ModelInfo.from_json(spec["info"]).teacher
             if teacher is None and not teacher_spec:
                 raise ValueError(f"{folder} is a LoRA adapter that does not name its teacher: pass teacher=")
             student = add_lora(cls.from_teacher(teacher if teacher is not None else load_teacher(teacher_spec)),

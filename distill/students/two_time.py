@@ -24,10 +24,10 @@ class TwoTimeFlowMap(FlowMap):
     output_rule = "velocity"
 
     def __init__(self, network: nn.Module, *, t_min: float = 0.0, t_max: float = 1.0,
-                 sample_shape: tuple[int, ...] | None = None, info: dict | None = None):
+                 sample_shape: tuple[int, ...] | None = None, info=None):
         if not isinstance(network, nn.Module):
             raise TypeError(f"a two-time student is built on a network module, got {type(network).__name__}")
-        super().__init__(t_min=t_min, t_max=t_max, sample_shape=sample_shape, info=info or {})
+        super().__init__(t_min=t_min, t_max=t_max, sample_shape=sample_shape, info=info)
         self.base = network.requires_grad_(True)
 
     def average_velocity(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:

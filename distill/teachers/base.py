@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..conventions import F64, Parameterization
+from ..model_info import InfoAttribute
 
 
 class Teacher(nn.Module):
@@ -15,17 +16,15 @@ class Teacher(nn.Module):
 
     Subclasses implement :meth:`velocity`. ``t_min``/``t_max`` bound the canonical times the model was trained on;
     sampling starts at ``t_max`` from ``x = t_max * noise``. ``sample_shape`` is the per-example state shape when the
-    teacher knows it (``None`` otherwise). ``info`` holds the training data's name and size and, for class-conditional
-    teachers, ``num_classes`` and ``null_label``.
+    teacher knows it (``None`` otherwise). ``info`` (:class:`~distill.model_info.ModelInfo`, ``distill.json`` of a
+    saved teacher) holds the training data's name and size and, for class-conditional teachers, ``num_classes`` and
+    ``null_label``.
     """
 
     t_min: float = 0.0
     t_max: float = 1.0
     sample_shape: tuple[int, ...] | None = None
-
-    def __init__(self):
-        super().__init__()
-        self.info: dict = {}  # what the teacher was trained on (``distill.json`` of a saved teacher), if known
+    info = InfoAttribute()  # what the teacher was trained on, if known (a mapping assigned here is converted)
 
     @abstractmethod
     def velocity(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:

@@ -20,7 +20,7 @@ class GaussianMixtureTeacher(Teacher):
     mixture's is ``v = sum_k r_k(x) v_k(x)`` with posterior responsibilities ``r_k``.
 
     With ``classes``, it is also a class-conditional teacher: ``cond`` = labels [B] restricts each example to its
-    class's components (the exact conditional velocity), and the label ``num_classes`` (``info["null_label"]``) is
+    class's components (the exact conditional velocity), and the label ``num_classes`` (``info.null_label``) is
     the whole mixture, so classifier-free guidance of it (``GuidedTeacher``) is exact too.
 
     Args:
@@ -86,7 +86,7 @@ class GaussianMixtureTeacher(Teacher):
         if self.classes is None:
             raise ValueError("this GaussianMixtureTeacher is unconditional (no classes): call velocity without cond")
         labels = torch.as_tensor(cond, device=self.means.device).long().expand(batch)
-        null = self.info["null_label"]
+        null = self.info.null_label
         if bool(((labels < 0) | (labels > null)).any()):
             raise ValueError(f"class labels must lie in 0 .. {null} ({null}: unconditional), got {labels.tolist()}")
         return (labels[:, None] == self.classes[None]) | (labels[:, None] == null)

@@ -77,7 +77,7 @@ def guide(teacher: Teacher, scale: float | list[float] | None, null=None) -> Tea
         return teacher
     if isinstance(scale, list):
         scale = scale[0]
-    null = teacher.info.get("null_label") if null is None else null
+    null = teacher.info.null_label if null is None else null
     if null is None:
         raise ValueError("guidance needs a class-conditional teacher whose info names its null_label (or --null-class)")
     return GuidedTeacher(teacher, scale, null)

@@ -13,6 +13,7 @@ import torch
 
 from ..config import dump
 from ..data import DataConfig, Dataset, load_dataset
+from ..model_info import DataInfo, ModelInfo
 from ..nets import NETWORKS
 from ..objectives.denoising import DenoisingConfig, DenoisingLoss
 from ..run_folder import open_run_folder
@@ -111,12 +112,11 @@ def train_teacher(config: TeacherConfig, restart: bool = False) -> tuple[Path, T
     use_ema(teacher, result)
     save_teacher(teacher.requires_grad_(False).eval(), output)
     conditional = data.labels is not None
-    info = {"name": config.name, "description": config.description,
-            "data": {"name": config.data.name, "size": config.data.size,
-                     **({"classes": config.data.classes} if config.data.classes else {})},
-            "num_classes": data.num_classes if conditional else None,
-            "null_label": config.objective.null_label if conditional else None}
-    (output / INFO_FILE).write_text(json.dumps(info, indent=2))
+    info = ModelInfo(name=config.name, description=config.description,
+                     data=DataInfo(config.data.name, config.data.size, config.data.classes or None),
+                     num_classes=data.num_classes if conditional else None,
+                     null_label=config.objective.null_label if conditional else None)
+    (output / INFO_FILE).write_text(json.dumps(info.to_json(), indent=2))
     (output / "train_config.yaml").write_text(dump(config))
     (output / "train_summary.json").write_text(json.dumps({
         "steps": result.step, "train_seconds": round(result.seconds, 1),
