@@ -24,7 +24,7 @@ class DataInfo:
     def from_json(cls, value) -> DataInfo:
         if isinstance(value, DataInfo):
             return value
-        if isinstance(value, str):  # an early distill.json wrote the name alone
+        if isinstance(value, str):  # a dataset name alone (Evaluation(data="mnist"))
             return cls(name=value)
         value = dict(value or {})
         return cls(name=value.get("name"), size=value.get("size"), classes=value.get("classes"))

@@ -8,7 +8,7 @@ from distill.teachers.loading import ASSET_DIR, INFO_FILE
 
 
 @pytest.mark.parametrize("path", sorted(ASSET_DIR.glob(f"*/{INFO_FILE}")), ids=lambda p: p.parent.name)
-def test_bundled_info_files_round_trip_byte_for_byte(path):
+def test_bundled_info_files_round_trip_unchanged(path):
     stored = json.loads(path.read_text())
     assert ModelInfo.from_json(stored).to_json() == stored
 
@@ -18,7 +18,7 @@ def test_unknown_keys_survive_and_fields_are_typed():
                                 "num_classes": 10, "null_label": 10, "licence": "MIT"})
     assert info.data == DataInfo("mnist", 16, [3, 7]) and info.conditional and info.extra == {"licence": "MIT"}
     assert info.to_json()["licence"] == "MIT" and info.replace(teacher="mnist").to_json()["teacher"] == "mnist"
-    assert ModelInfo.from_json({"data": "digits"}).data.name == "digits"  # an early distill.json's form
+    assert ModelInfo.from_json({"data": "digits"}).data.name == "digits"  # a dataset name alone
 
 
 def test_assigning_a_mapping_converts_it_and_a_list_is_refused():

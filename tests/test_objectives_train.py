@@ -27,8 +27,8 @@ STEPS_FOR = {"consistency": 2000}  # CD learns jumps to data only, from data: sl
 # MeanFlow and sCD bootstrap the student's own time derivative and lag every other objective on the analytic teacher
 # (docs/benchmarks.md, "Objectives side by side on the analytic teacher": 0.233 and 0.450 after 8,000 steps)
 LAGGING = {"meanflow", "continuous_consistency"}
-# Shortcut halves the error on some machines and reaches 0.70x on others (0.515 -> 0.358 here, the same at commit
-# c328bd2): its bootstrap is sensitive to the CPU's float rounding; open in issue 14's note, not silently dropped.
+# Shortcut halved the error on the previous session's machine and reaches only 0.70x on this one (0.515 -> 0.358,
+# the same at commit c328bd2, so not caused by later changes); the cause is not found yet (issue 14's note).
 MACHINE_DEPENDENT = {"shortcut"}
 
 
