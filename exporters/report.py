@@ -20,10 +20,7 @@ import torch
 from .onnx import OnnxExportConfig, example_inputs, export_onnx, read_metadata
 from .quantize import PRECISIONS, QuantizeConfig, quantize_onnx
 
-# Relative error (||onnx - torch|| / ||torch||) an artifact may show against the PyTorch student. A broken export
-# is off by ~1; a lowered one by its precision times the jump's error gain (up to ~160 for an epsilon student's
-# first jump, see exporters.onnx.step_gains): 2-7% for fp16 there, so quality is judged by the FD column.
-TOLERANCE = {"fp32": 1e-4, "fp16": 0.1, "int8": 0.25, "int8-dynamic": 0.25, "int8-mixed": 0.25}
+TOLERANCE = {name: precision.tolerance for name, precision in PRECISIONS.items()}  # quantize.Precision says why
 
 
 class ParityError(ValueError):

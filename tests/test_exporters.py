@@ -91,7 +91,8 @@ def test_jump_graph_chains_into_the_sampler(exported):
     np.testing.assert_allclose(jump.generate(noise, [0, 5, 9], steps=2), sampler(noise, [0, 5, 9]), atol=1e-4)
 
 
-@pytest.mark.parametrize("precision,tolerance", [("fp16", 1e-2), ("int8", 0.1), ("int8-dynamic", 0.1)])
+@pytest.mark.parametrize("precision,tolerance",
+                         [("fp16", 1e-2), ("int8", 0.1), ("int8-dynamic", 0.1), ("int8-mixed", 0.1)])
 def test_lower_precisions_stay_close(exported, tmp_path, precision, tolerance):
     student, path = exported["mlp", "sampler"]
     calibration = [{"noise": np.random.default_rng(i).standard_normal((32, 2)).astype(np.float32)} for i in range(4)]
