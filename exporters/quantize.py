@@ -67,7 +67,8 @@ class QuantizeConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS or self.precision == "fp32":
-            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(p for p in PRECISIONS if p != 'fp32')}")
+            lowered = ", ".join(p for p in PRECISIONS if p != "fp32")
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {lowered}")
         if not 0 <= self.keep_float_share < 1:
             raise ValueError(f"keep_float_share must lie in [0, 1), got {self.keep_float_share}")
 
