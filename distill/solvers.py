@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .conventions import F64, half_log_snr, karras_sigmas_grid
+from .conventions import F64, half_log_snr, karras_sigmas_grid, per_example
 
 Velocity = Callable[[Tensor, float], Tensor]
 
@@ -33,17 +33,35 @@ def euler(velocity: Velocity, x: Tensor, times: Tensor, states: list | None = No
 
 
 def heun(velocity: Velocity, x: Tensor, times: Tensor, states: list | None = None) -> Tensor:
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step into ``t = 0`` is Euler.
-
-    Two evaluations per step, one on the last step if it ends at 0.
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1) on a grid, step by step with ``heun_step``; the
+    step into ``t = 0`` is Euler. Two evaluations per step, one on the last step if it ends at 0.
     """
-    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
-        h = t_next - t
-        v = velocity(x, t)
-        x_euler = x + h * v
-        x = x_euler if t_next == 0 else x + 0.5 * h * (v + velocity(x_euler, t_next))
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = heun_step(lambda y, u: velocity(y, float(u)), x, t, t_next, t_min=SMALLEST_POSITIVE)
         _keep(states, x)
     return x
+
+
+SMALLEST_POSITIVE = math.nextafter(0.0, 1.0)  # as heun_step's t_min: the corrector runs at every t > 0
+
+
+def heun_step(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, s: Tensor, t_min: float,
+              v: Tensor | None = None) -> Tensor:
+    """One Heun step from ``t`` to ``s`` (0-d, or [B] per example), ``velocity(x, t_tensor) -> v``; ``v``: the
+    velocity at ``(x, t)`` when the caller has it already.
+
+    The one end rule of every Heun step here: Euler where the step ends below ``t_min`` (the least time the
+    corrector may evaluate the field at: a teacher's ``t_min``, or ``SMALLEST_POSITIVE`` for EDM's Euler step into
+    ``sigma = 0``), or has zero length. The corrector is not evaluated when no example uses it.
+    """
+    h = per_example(s - t, x)
+    v = velocity(x, t) if v is None else v
+    x_euler = x + h * v
+    corrects = (s >= t_min) & (s != t)
+    if not bool(corrects.any()):
+        return x_euler
+    v_end = velocity(x_euler, torch.where(corrects, s, t))
+    return torch.where(corrects.reshape(-1, *[1] * (x.ndim - 1)), x + h * (v + v_end) / 2, x_euler)
 
 
 def dpmpp2m(velocity: Velocity, x: Tensor, times: Tensor, states: list | None = None) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..conditions import map_condition, split_scale, with_scale
 from ..conventions import per_example
 from ..jvp import chosen_mode, jvp
-from ..solvers import ONE_STEP_SOLVERS
+from ..solvers import ONE_STEP_SOLVERS, heun_step
 from ..teachers.guided import guide
 from .timesteps import TimePairs
 
@@ -176,23 +176,23 @@ class DistillationObjective(Objective):
 
     def teacher_step(self, x: Tensor, t: Tensor, s: Tensor, cond, solver: str = "heun", substeps: int = 1,
                      v_start: Tensor | None = None) -> Tensor:
-        """Move ``x`` from ``t`` to ``s`` (per example) with ``substeps`` Euler or Heun steps of the teacher (Heun
-        falls back to Euler on a step that ends below the teacher's ``t_min``, as EDM's Algorithm 1 does at 0).
-        ``v_start``: the teacher's velocity at ``(x, t)`` when the caller has it already."""
+        """Move ``x`` from ``t`` to ``s`` (per example) with ``substeps`` Euler or Heun steps of the teacher (Heun by
+        ``solvers.heun_step``: Euler on a step that ends below the teacher's ``t_min``). ``v_start``: the teacher's
+        velocity at ``(x, t)`` when the caller has it already."""
         if solver not in ONE_STEP_SOLVERS:
             raise ValueError(f"unknown teacher solver {solver!r}; use one of {', '.join(ONE_STEP_SOLVERS)}")
+
+        def velocity(y: Tensor, u: Tensor) -> Tensor:
+            return self.velocity(y, u, cond)
+
         for k in range(substeps):
             t_k = t + (s - t) * (k / substeps)
             s_k = t + (s - t) * ((k + 1) / substeps)
-            h = per_example(s_k - t_k, x)
-            v = v_start if k == 0 and v_start is not None else self.velocity(x, t_k, cond)
-            x_euler = x + h * v
+            v = v_start if k == 0 else None
             if solver == "euler":
-                x = x_euler
-                continue
-            correct = (s_k >= self.teacher.t_min) & (s_k != t_k)
-            v_end = self.velocity(x_euler, torch.where(correct, s_k, t_k), cond)
-            x = select(correct, x + h * (v + v_end) / 2, x_euler)
+                x = x + per_example(s_k - t_k, x) * (velocity(x, t_k) if v is None else v)
+            else:
+                x = heun_step(velocity, x, t_k, s_k, self.teacher.t_min, v)
         return x
 
     def distance(self, a: Tensor, b: Tensor) -> Tensor:
