@@ -21,7 +21,7 @@ def _teachers(args: argparse.Namespace) -> dict:
 
 
 def _sample(args: argparse.Namespace) -> dict:
-    from .evaluate import save_samples
+    from .evaluation.tables import save_samples
 
     if args.model.endswith(".onnx"):
         return _sample_onnx(args)
@@ -75,7 +75,7 @@ def _sample_onnx(args: argparse.Namespace) -> dict:
     from exporters.runtime import OnnxSampler
 
     from .data import class_cycle
-    from .evaluate import save_samples
+    from .evaluation.tables import save_samples
     from .model_info import ModelInfo
 
     runtime = OnnxSampler(args.model, providers=args.providers)
@@ -130,7 +130,7 @@ def _drive(args: argparse.Namespace, config, execute, show) -> dict:
 
 def _train_teacher(args: argparse.Namespace) -> dict:
     from .config import load_config
-    from .teachers.training import TeacherConfig, train_teacher
+    from .recipes.teacher_training import TeacherConfig, train_teacher
 
     def execute(config, restart: bool) -> dict:
         output, result = train_teacher(config, restart)
@@ -144,7 +144,7 @@ def _train_teacher(args: argparse.Namespace) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> dict:
-    from .evaluate import Evaluation, markdown_table, plot_quality, report
+    from .evaluation.tables import Evaluation, markdown_table, plot_quality, report
     from .students import load_model
 
     model, teacher = load_model(args.model)
@@ -168,14 +168,14 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from .run import load_distill_config, run_distillation
+    from .recipes.distillation import load_distill_config, run_distillation
 
     return _drive(args, load_distill_config(args.config, args.overrides), run_distillation,
                   lambda report, config: _print_run(report))
 
 
 def _finetune(args: argparse.Namespace) -> dict:
-    from .finetune import finetune, load_finetune_config
+    from .recipes.finetuning import finetune, load_finetune_config
 
     def show(report: dict, config) -> None:
         print(f"adapter ({report['adapter_bytes'] / 1e3:.0f} kB) -> {report['adapter']}; merged teacher -> "
@@ -194,14 +194,14 @@ def _print_run(report: dict) -> None:
 
 def _print_rows(evaluation: dict | None) -> None:
     """An eval report's rows as a markdown table (nothing without an evaluation)."""
-    from .evaluate import EvalRow, markdown_table
+    from .evaluation.tables import EvalRow, markdown_table
 
     if evaluation:
         print(markdown_table([EvalRow(**row) for row in evaluation["rows"]]))
 
 
 def _quickstart(args: argparse.Namespace) -> dict:
-    from .run import load_distill_config, run_distillation
+    from .recipes.distillation import load_distill_config, run_distillation
 
     start = time.perf_counter()
     overrides = [f"run_dir={args.out}", *(["train.progress=false"] if args.json else []), *args.overrides]

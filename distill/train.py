@@ -345,7 +345,7 @@ def train(
 
 
 def _write_grid(sampler, model: nn.Module, path: Path) -> None:
-    from .evaluate import save_samples
+    from .evaluation.tables import save_samples
 
     was_training = model.training
     model.eval()

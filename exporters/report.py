@@ -170,7 +170,7 @@ def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantiz
 def export_student(model: str | Path, out: str | Path, config: ExportConfig | None = None) -> dict:
     """Export the student folder ``model`` into ``out`` and measure every artifact; returns the export report
     (also written to ``out/report.json`` and ``out/report.md``)."""
-    from distill.evaluate import Evaluation
+    from distill.evaluation.tables import Evaluation
     from distill.students import FlowMap, load_model
 
     from .runtime import OnnxSampler

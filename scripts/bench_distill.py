@@ -24,8 +24,8 @@ from dataclasses import asdict
 
 import torch
 
-from distill.evaluate import Evaluation
-from distill.run import load_distill_config, run_distillation
+from distill.evaluation.tables import Evaluation
+from distill.recipes.distillation import load_distill_config, run_distillation
 from distill.solvers import sample, steps_for_nfe
 from distill.students import load_student
 from distill.teachers import load_teacher

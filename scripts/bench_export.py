@@ -43,7 +43,7 @@ def ratios(report: dict) -> list[dict]:
 def torchao_rows(student_path: str, steps: int, samples: int, compile_: bool, batch: int) -> list[dict]:
     """Eager fp32 beside torchao int8 (dynamic, weight-only), compiled or not: latency ratio and FD ratio."""
     from distill.data import class_cycle
-    from distill.evaluate import Evaluation
+    from distill.evaluation.tables import Evaluation
     from distill.solvers import sample
     from distill.students import load_model
     from exporters.quantize import TorchaoConfig, quantize_torch

@@ -22,7 +22,7 @@ import torch
 
 import distill
 from distill.data import Dataset
-from distill.metrics import sliced_wasserstein
+from distill.evaluation.metrics import sliced_wasserstein
 from distill.nets import TwoTimeMLP
 from distill.objectives import OBJECTIVES, TimePairs
 from distill.students import TwoTimeFlowMap

@@ -3,8 +3,8 @@
     python scripts/bundle_reference.py mnist-flow [--samples 500] [--seed 0] [--solvers euler,dpmpp2m]
                                        [--nfe 1,2,4] [--reference-nfe 64]
 
-Runs the teacher rows of ``distill.evaluate.Evaluation`` (what ``distill quickstart`` and ``distill run`` judge a
-student beside) into a private cache and writes every sample set it made to
+Runs the teacher rows of ``distill.evaluation.tables.Evaluation`` (what ``distill quickstart`` and ``distill run``
+judge a student beside) into a private cache and writes every sample set it made to
 ``distill/assets/teachers/<name>/reference/<cache key>.safetensors``. The cache key hashes the teacher's weights, the
 noise and labels (from the seed), the solver and its steps, so the files are used only where they are exact.
 """
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from distill.data import REFERENCE_FOLDER
-from distill.evaluate import Evaluation
+from distill.evaluation.tables import Evaluation
 from distill.teachers import load_teacher
 from distill.teachers.loading import ASSET_DIR
 

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import distill
-from distill.evaluate import Evaluation
+from distill.evaluation.tables import Evaluation
 from distill.objectives import DistributionMatching, DMDConfig
-from distill.run import RunEvalConfig, evaluate_student
+from distill.recipes.distillation import RunEvalConfig, evaluate_student
 from distill.students import load_student
 from distill.train import TrainConfig, train, use_ema
 

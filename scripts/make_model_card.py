@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import distill
-from distill.evaluate import Evaluation, markdown_table, plot_quality, report, save_samples
+from distill.evaluation.tables import Evaluation, markdown_table, plot_quality, report, save_samples
 from distill.solvers import steps_for_nfe
 from distill.teachers.loading import ASSET_DIR
 

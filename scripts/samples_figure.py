@@ -17,8 +17,8 @@ import argparse
 import torch
 
 from distill.conditions import with_scale
-from distill.evaluate import CLASSIFIER_FOR_DATA, save_samples
-from distill.metrics import BundledClassifier, class_agreement
+from distill.evaluation.metrics import BundledClassifier, class_agreement
+from distill.evaluation.tables import CLASSIFIER_FOR_DATA, save_samples
 from distill.solvers import sample
 from distill.students import load_model
 from distill.teachers.guided import guide

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from distill.data import digits, mnist
-from distill.metrics import CLASSIFIER_DIR, FeatureClassifier, confident_share
+from distill.evaluation.metrics import CLASSIFIER_DIR, FeatureClassifier, confident_share
 
 torch.set_num_threads(2)
 

@@ -8,8 +8,14 @@ import torch
 
 import distill
 from distill.data import class_cycle, load_dataset
-from distill.evaluate import CLASSIFIER_FOR_DATA
-from distill.metrics import CLASSIFIER_DIR, BundledClassifier, class_agreement, confident_share, sliced_wasserstein
+from distill.evaluation.metrics import (
+    CLASSIFIER_DIR,
+    BundledClassifier,
+    class_agreement,
+    confident_share,
+    sliced_wasserstein,
+)
+from distill.evaluation.tables import CLASSIFIER_FOR_DATA
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CLASSIFIER_DIR.iterdir() if (p / "card.json").exists()))

@@ -8,7 +8,7 @@ import pytest
 
 from distill.cli import main
 from distill.config import ConfigError, build, load_config, parse_overrides
-from distill.teachers.training import TeacherConfig
+from distill.recipes.teacher_training import TeacherConfig
 
 
 def test_presets_resolve_and_overrides_apply():

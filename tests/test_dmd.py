@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import distill
-from distill.metrics import sliced_wasserstein
+from distill.evaluation.metrics import sliced_wasserstein
 from distill.objectives import DistributionMatching, DMDConfig
 from distill.objectives.base import Batch
 from distill.students import FlowMap

@@ -9,7 +9,7 @@ import torch
 
 import distill
 from distill.cli import main
-from distill.evaluate import Evaluation, markdown_table, report, steps_for_nfe
+from distill.evaluation.tables import Evaluation, markdown_table, report, steps_for_nfe
 from distill.teachers import DiffusersTeacher
 
 from .conftest import tiny_unet

@@ -92,7 +92,7 @@ def test_bad_settings_give_clear_errors():
 
 
 def test_distill_run_trains_a_lora_student_and_saves_an_adapter(tmp_path):
-    from distill.run import load_distill_config, run_distillation
+    from distill.recipes.distillation import load_distill_config, run_distillation
 
     overrides = ["student.kind=lora", "student.lora={rank: 4}", "train.steps=2", "train.batch_size=4",
                  "objective.trajectories=8", "eval.samples=20", "eval.nfe=[1]", "eval.reference_nfe=[]",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill.data import digits, mnist
-from distill.metrics import (
+from distill.evaluation.metrics import (
     BundledClassifier,
     class_entropy,
     confident_share,

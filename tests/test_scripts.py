@@ -45,7 +45,7 @@ def test_solver_convergence_runs(tmp_path):
 def test_samples_figure_draws_student_and_teacher_rows(tmp_path):
     """A tiny class-conditional student on the bundled teacher (untrained: one teacher Euler step)."""
     import distill
-    from distill.run import StudentConfig, build_student
+    from distill.recipes.distillation import StudentConfig, build_student
 
     build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
         tmp_path / "student")
@@ -56,7 +56,7 @@ def test_samples_figure_draws_student_and_teacher_rows(tmp_path):
 
 def test_dmd_finetune_prints_progress_and_the_final_rows(tmp_path):
     import distill
-    from distill.run import StudentConfig, build_student
+    from distill.recipes.distillation import StudentConfig, build_student
 
     build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
         tmp_path / "student")
@@ -79,7 +79,7 @@ def test_bench_distill_prints_a_row_with_speed_at_equal_quality(tmp_path):
 
 def test_bench_export_reports_every_precision(tmp_path):
     import distill
-    from distill.run import StudentConfig, build_student
+    from distill.recipes.distillation import StudentConfig, build_student
 
     build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
         tmp_path / "student")

@@ -8,7 +8,7 @@ import torch
 
 from distill.objectives import TrajectoryConfig, TrajectoryDistillation
 from distill.objectives.base import Batch
-from distill.run import output_rule
+from distill.recipes.distillation import output_rule
 from distill.solvers import time_grid
 from distill.students import (
     OUTPUT_RULES,
@@ -144,7 +144,7 @@ class HalfDataFlowMap(TeacherFlowMap):
 def test_a_new_output_rule_needs_only_its_class_and_registry_entry(tmp_path, monkeypatch):
     """docs/design.md: one class and its OUTPUT_RULES entry give a rule that the run config builds, that saves, loads
     and reports its gains, and that the exporters' sampler graph reproduces."""
-    from distill.run import StudentConfig, build_student
+    from distill.recipes.distillation import StudentConfig, build_student
     from exporters.onnx import SamplerGraph
 
     monkeypatch.setitem(OUTPUT_RULES, HalfDataFlowMap.output_rule, HalfDataFlowMap)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .config import build, check_keys
-from .data import DataConfig, Dataset, load_dataset
-from .model_info import DataInfo
-from .objectives.denoising import DenoisingConfig, DenoisingLoss
+from ..config import build, check_keys
+from ..data import DataConfig, Dataset, load_dataset
+from ..model_info import DataInfo
+from ..objectives.denoising import DenoisingConfig, DenoisingLoss
+from ..train import TrainConfig, train, use_ema
 from .run_folder import open_run_folder
-from .train import TrainConfig, train, use_ema
 
 
 @dataclass
@@ -43,7 +43,7 @@ class FinetuneConfig:
     run_dir: str = "runs/{name}"
 
     def __post_init__(self):
-        from .lora import LoraSettings
+        from ..lora import LoraSettings
 
         check_keys(self.lora, LoraSettings, "lora")
         check_keys(self.objective, DenoisingConfig, "objective")
@@ -55,7 +55,7 @@ class FinetuneConfig:
 
 
 def load_finetune_config(name_or_path: str, overrides: list[str] | None = None) -> FinetuneConfig:
-    from .config import load_config
+    from ..config import load_config
 
     return load_config(FinetuneConfig, name_or_path, "finetune", overrides)
 
@@ -83,8 +83,8 @@ def adaptation_data(teacher, config: DataConfig) -> Dataset:
 def finetune(config: FinetuneConfig, restart: bool = False) -> dict:
     """Train the adapters (resuming a killed run), save ``adapter/`` and the merged ``teacher/``, judge both
     teachers on the new data; returns the report."""
-    from .lora import LoraSettings, add_teacher_lora
-    from .teachers import load_teacher
+    from ..lora import LoraSettings, add_teacher_lora
+    from ..teachers import load_teacher
 
     run_dir = open_run_folder(config, restart)
     teacher = load_teacher(config.teacher)
@@ -116,9 +116,9 @@ def finetune(config: FinetuneConfig, restart: bool = False) -> dict:
 def save_adapted(teacher, settings, run_dir: Path) -> tuple[Path, Path]:
     """``run_dir/adapter`` (PEFT's folder) and, with the adapters merged in (in place), ``run_dir/teacher``; both
     carry the adapted teacher's info."""
-    from .lora import merge_network_lora, write_adapter
-    from .teachers.loading import INFO_FILE
-    from .teachers.training import save_teacher
+    from ..lora import merge_network_lora, write_adapter
+    from ..teachers.loading import INFO_FILE
+    from .teacher_training import save_teacher
 
     adapter = run_dir / "adapter"
     write_adapter(teacher.network, settings, adapter)
@@ -131,7 +131,7 @@ def save_adapted(teacher, settings, run_dir: Path) -> tuple[Path, Path]:
 
 def judge(base, adapted, data_info: dict, config: FinetuneConfig) -> dict:
     """The base and the adapted teacher on the new data, from the same noise: DPM-Solver++(2M), 16 steps."""
-    from .evaluate import Evaluation, markdown_table, report
+    from ..evaluation.tables import Evaluation, markdown_table, report
 
     rows = []
     for name, teacher in ((config.teacher, base), (config.name, adapted)):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, build, check_keys
-from .data import DataConfig, Dataset, class_cycle, load_dataset
-from .lora import LoraSettings, add_lora
-from .nets import TWO_TIME_NETWORKS
-from .objectives import OBJECTIVES
+from ..config import ConfigError, build, check_keys
+from ..data import DataConfig, Dataset, class_cycle, load_dataset
+from ..lora import LoraSettings, add_lora
+from ..nets import TWO_TIME_NETWORKS
+from ..objectives import OBJECTIVES
+from ..students import OUTPUT_RULES, FlowMap, TeacherFlowMap, TwoTimeFlowMap, VelocityFlowMap, jump_gains, student_class
+from ..train import TrainConfig, train, use_ema
 from .run_folder import open_run_folder
-from .students import OUTPUT_RULES, FlowMap, TeacherFlowMap, TwoTimeFlowMap, VelocityFlowMap, jump_gains, student_class
-from .train import TrainConfig, train, use_ema
 
 CONVERSION_STEPS = 300  # teaching a copied network a new output rule (measured: see the README's output rules)
 STUDENT_KINDS = ("from_teacher", "lora", *TWO_TIME_NETWORKS)  # student.kind: on the teacher's network, or a built-in
@@ -92,7 +92,7 @@ class DistillConfig:
 def load_distill_config(name_or_path: str, overrides: list[str] | None = None) -> DistillConfig:
     """A preset or YAML file plus ``key=value`` overrides. Choosing another ``objective.name`` on the command line
     replaces the file's objective section (its fields belong to the other objective)."""
-    from .config import merge, parse_overrides, read_config
+    from ..config import merge, parse_overrides, read_config
 
     data = read_config(name_or_path, "distill")
     extra = parse_overrides(overrides or [])
@@ -149,7 +149,7 @@ def output_rule(teacher, choice: str = "auto", max_gain: float = 2.0) -> str:
     largest jump gain on the 1-, 2- and 4-step grids is at most ``max_gain``, else ``velocity``."""
     if choice != "auto":
         return choice
-    from .solvers import time_grid
+    from ..solvers import time_grid
 
     probe = FlowMap.from_teacher(teacher)
     gains = [float(gain) for steps in (1, 2, 4) for gain in jump_gains(probe, time_grid(teacher, steps))]
@@ -188,7 +188,7 @@ def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 
     cond = class_cycle(student.info, count)
 
     def draw(model) -> torch.Tensor:
-        from .solvers import sample
+        from ..solvers import sample
 
         device = next(model.parameters()).device
         return sample(model, noise.to(device), steps=steps, cond=None if cond is None else cond.to(device))
@@ -198,8 +198,8 @@ def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 
 
 def run_distillation(config: DistillConfig, restart: bool = False) -> dict:
     """Train (resuming a killed run), save ``<run_dir>/student``, evaluate; returns the run's report."""
-    from .evaluate import save_samples
-    from .teachers import load_teacher
+    from ..evaluation.tables import save_samples
+    from ..teachers import load_teacher
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, rank 0 writes
     teacher = load_teacher(config.teacher).requires_grad_(False)
@@ -239,7 +239,7 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
                      name: str = "student") -> dict:
     """The student at ``config.nfe`` beside the teacher's solvers at the same NFE (for a guidance-conditioned
     student, at each scale of ``config.guidance``); writes eval.json/.md/.png."""
-    from .evaluate import Evaluation, markdown_table, plot_quality, report
+    from ..evaluation.tables import Evaluation, markdown_table, plot_quality, report
 
     scales: list = [None]
     if student.guidance_conditioned:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, dump, to_dict
+from ..config import ConfigError, dump, to_dict
 
 RECORD = "config.yaml"
 NOT_COMPARED = ("run_dir", "train.progress")

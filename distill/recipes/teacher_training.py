@@ -16,12 +16,12 @@ from ..data import DataConfig, Dataset, load_dataset
 from ..model_info import DataInfo, ModelInfo
 from ..nets import NETWORKS
 from ..objectives.denoising import DenoisingConfig, DenoisingLoss
-from ..run_folder import open_run_folder
+from ..teachers.base import NetworkTeacher
+from ..teachers.diffusers_teacher import DiffusersTeacher
+from ..teachers.loading import INFO_FILE
+from ..teachers.module import ModuleTeacher
 from ..train import TrainConfig, TrainResult, train, use_ema
-from .base import NetworkTeacher
-from .diffusers_teacher import DiffusersTeacher
-from .loading import INFO_FILE
-from .module import ModuleTeacher
+from .run_folder import open_run_folder
 
 
 @dataclass
@@ -66,7 +66,7 @@ def build_teacher(config: TeacherConfig, data: Dataset) -> NetworkTeacher:
 
 def initialise_from(teacher: NetworkTeacher, source: str) -> None:
     """Copy the network weights of the teacher ``source`` into ``teacher`` (same network class and shapes)."""
-    from .loading import load_teacher
+    from ..teachers.loading import load_teacher
 
     weights = load_teacher(source).state_dict()
     try:

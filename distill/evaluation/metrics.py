@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 F64 = torch.float64
-CLASSIFIER_DIR = Path(__file__).resolve().parent / "assets" / "classifiers"
+CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class BundledClassifier:
     """A bundled feature classifier plus its card (``card.json``: data, image size, held-out accuracy)."""
 
     def __init__(self, name: str):
-        from .weights import load_weights
+        from ..weights import load_weights
 
         folder = CLASSIFIER_DIR / name
         if not (folder / "card.json").exists():

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..conditions import with_scale
+from ..data import Dataset, class_cycle, load_dataset, teacher_samples
+from ..model_info import DataInfo
+from ..solvers import SOLVERS, sample, solver_nfe, steps_for_nfe, time_grid
 from . import metrics
-from .conditions import with_scale
-from .data import Dataset, class_cycle, load_dataset, teacher_samples
-from .model_info import DataInfo
-from .solvers import SOLVERS, sample, solver_nfe, steps_for_nfe, time_grid
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
 CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8",
@@ -65,7 +65,7 @@ class Evaluation:
         if teacher.sample_shape is None:
             raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
         if guidance is not None:
-            from .teachers.guided import guide
+            from ..teachers.guided import guide
 
             teacher = guide(teacher, float(guidance))
         self.guidance = guidance
