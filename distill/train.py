@@ -277,7 +277,9 @@ def train(
         objective.load_state_dict(saved.objective, model)
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
-        ema = {d: ema_state[d] for d in config.ema_decays} if set(ema_state) >= set(config.ema_decays) else ema
+        # a decay the checkpoint lacks starts from the resumed weights (not from the initial ones)
+        ema = {d: ema_state[d] if d in ema_state else {n: p.detach().clone().float() for n, p in zip(names, params)}
+               for d in config.ema_decays}
         start, skipped = int(trainer_state["step"]), int(trainer_state["skipped_steps"])
         earlier_seconds = float(trainer_state.get("seconds", 0.0))
         history = _read_history(run_dir, start)

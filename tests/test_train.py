@@ -121,3 +121,16 @@ def test_cosine_reaches_its_floor_at_decay_steps_and_stays_there():
     assert plain(99) == pytest.approx(0.0, abs=1e-3) and plain(55) == pytest.approx(0.5, abs=0.02)
     with pytest.raises(ValueError, match="decay_steps must come after warmup_steps"):
         TrainConfig(steps=100, warmup_steps=10, decay_steps=5)
+
+
+def test_an_ema_decay_added_on_resume_starts_from_the_resumed_weights(tmp_path):
+    """A decay the checkpoint does not hold begins at the checkpoint's weights, not at the initial ones."""
+    data = toy_2d("two-moons", 256)
+    objective = DenoisingLoss(DenoisingConfig(time_sampling="uniform"))
+    first = tiny_teacher()
+    train(first, objective, data, config(steps=3, ema_decays=[0.9]), tmp_path / "run")
+    resumed = tiny_teacher()
+    result = train(resumed, objective, data, config(steps=3, ema_decays=[0.9, 0.5]), tmp_path / "run")
+    trained = dict(first.named_parameters())
+    for name, value in result.ema[0.5].items():
+        assert torch.equal(value, trained[name].detach().float()), name
