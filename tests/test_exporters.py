@@ -91,11 +91,24 @@ def test_jump_graph_chains_into_the_sampler(exported):
     np.testing.assert_allclose(jump.generate(noise, [0, 5, 9], steps=2), sampler(noise, [0, 5, 9]), atol=1e-4)
 
 
+def calibration_feeds(name: str, count: int = 4, batch: int = 8) -> list[dict[str, np.ndarray]]:
+    """Sampler inputs for calibration: noise of the student's shape (and class labels for the UNets)."""
+    shape = (2,) if name == "mlp" else (3, 8, 8)
+    feeds = [{"noise": np.random.default_rng(i).standard_normal((batch, *shape)).astype(np.float32)}
+             for i in range(count)]
+    if name != "mlp":
+        for feed in feeds:
+            feed["class_labels"] = (np.arange(batch) % 10).astype(np.int64)
+    return feeds
+
+
+@pytest.mark.parametrize("name", ["mlp", "unet-preconditioned"])
 @pytest.mark.parametrize("precision,tolerance",
                          [("fp16", 1e-2), ("int8", 0.1), ("int8-dynamic", 0.1), ("int8-mixed", 0.1)])
-def test_lower_precisions_stay_close(exported, tmp_path, precision, tolerance):
-    student, path = exported["mlp", "sampler"]
-    calibration = [{"noise": np.random.default_rng(i).standard_normal((32, 2)).astype(np.float32)} for i in range(4)]
+def test_lower_precisions_stay_close(exported, tmp_path, name, precision, tolerance):
+    """Every lowered precision on the 2-D MLP and on a well-conditioned UNet student (its jump gains <= 1)."""
+    student, path = exported[name, "sampler"]
+    calibration = calibration_feeds(name)
     lowered = quantize_onnx(path, tmp_path / f"{precision}.onnx", QuantizeConfig(precision=precision), calibration)
     runtime = OnnxSampler(lowered)
     assert runtime.metadata["precision"] == precision
