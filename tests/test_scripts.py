@@ -110,3 +110,4 @@ def test_train_t2i_teacher_writes_a_pipeline_folder_diffusers_loads(tmp_path):
     assert result["files"] == ["model_index.json", "prompts.json", "scheduler", "text_encoder", "tokenizer", "unet",
                                "vae"]
     assert result["image"] == [1, 32, 32, 1]
+    assert 0 <= result["judge"]["held_out_agreement"] <= 1 and result["judge"]["fd_mnist16"] > 0
