@@ -38,6 +38,8 @@ def _sample(args: argparse.Namespace) -> dict:
     cond = class_cycle(model.info, args.n)  # a class-conditional model: every class in turn
     if args.class_label is not None:
         cond = torch.full((args.n,), args.class_label, dtype=torch.long)
+    if args.prompt or args.prompts:  # a text-to-image model: the prompts in turn
+        cond = model.encode_prompts(_prompt_cycle(args, args.n))
     if args.guidance is not None and is_student:  # one call per step: the scale is the student's input
         if not model.guidance_conditioned:
             raise ValueError(f"{args.model} was not distilled with guidance: distil it with objective.guidance="
@@ -62,12 +64,20 @@ def _sample(args: argparse.Namespace) -> dict:
     if exact is not None:  # analytic teacher: error against its exact flow map from the same noise
         report["reference_rmse"] = float((x.double() - exact).pow(2).mean().sqrt())
     title = f"{args.model}: {report['solver']}, {report['nfe']} NFE"
-    save_samples(x, args.out, times=times.numpy(), title=title)
+    save_samples(model.decode(x), args.out, times=times.numpy(), title=title)
     if not args.json:
         extra = f", RMSE to the exact flow map {report['reference_rmse']:.4g}" if report["reference_rmse"] else ""
         print(f"{args.n} samples from {args.model} ({report['solver']}, {report['nfe']} NFE) in {seconds:.2f} s "
               f"-> {args.out}{extra}")
     return report
+
+
+def _prompt_cycle(args: argparse.Namespace, n: int) -> list[str]:
+    """``--prompt`` values, then the ``--prompts`` file's, repeated in turn to ``n``."""
+    from .prompts import load_prompts
+
+    prompts = list(args.prompt or []) + (load_prompts(args.prompts).prompts if args.prompts else [])
+    return [prompts[i % len(prompts)] for i in range(n)]
 
 
 def _sample_onnx(args: argparse.Namespace) -> dict:
@@ -252,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale (a guidance-distilled student takes it as an input)")
     sample.add_argument("--null-class", type=int, default=None, help="the unconditional label, for --guidance")
+    sample.add_argument("--prompt", action="append", default=None,
+                        help="a prompt, for a text-to-image teacher (repeat it for several)")
+    sample.add_argument("--prompts", default=None, help="a prompt file (.txt, .csv, .jsonl or an image-caption folder)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     sample.add_argument("--providers", default=None, help="ONNX Runtime providers for a .onnx model, e.g. cuda,cpu")

@@ -285,7 +285,7 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
     if steps % stride:
         raise ValueError(f"stride ({stride}) must divide steps ({steps})")
     key = fingerprint(teacher, type(teacher).__name__, solver, steps, stride, ends_only, teacher.t_max, noise.shape,
-                      _digest(noise), _digest(cond))
+                      digest(noise), digest(cond))
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
     stored = torch.load(path, weights_only=True) if path.exists() else bundled_result(key)
     if stored is None:
@@ -328,12 +328,12 @@ def bundled_result(key: str) -> dict | None:
     return None
 
 
-def _digest(value) -> str | None:
+def digest(value) -> str | None:
     """SHA-256 of a tensor, of a dict of tensors (by key) or of a number; ``None`` for ``None``."""
     if value is None:
         return None
     if isinstance(value, dict):
-        return hashlib.sha256(repr(sorted((k, _digest(v)) for k, v in value.items())).encode()).hexdigest()
+        return hashlib.sha256(repr(sorted((k, digest(v)) for k, v in value.items())).encode()).hexdigest()
     return hashlib.sha256(torch.as_tensor(value).cpu().numpy().tobytes()).hexdigest()
 
 

@@ -49,6 +49,9 @@ HELD_OUT_TEMPLATES = ("a picture of a handwritten {word}", "the digit {digit}", 
 STROKES = ("thin", "regular", "thick")  # terciles of each class's ink
 MAX_TOKENS = 16
 EMPTY_PROMPT_SHARE = 0.1
+CARD_INFO = {"name": "mnist-t2i", "data": {"name": "mnist", "size": 32},
+             "description": "text-to-image StableDiffusionPipeline on MNIST-5k, 32x32: CLIP text encoder, 4x8x8 "
+                            "AutoencoderKL, cross-attention UNet, epsilon on scaled-linear betas"}
 
 
 def prompts_for(digit: int, stroke: str = "regular", templates=TRAIN_TEMPLATES) -> list[str]:
@@ -232,6 +235,7 @@ def make_teacher(out: Path, run_dir: Path, vae_steps: int, unet_steps: int, smok
     pipeline.save_pretrained(out)
     shutil.rmtree(out / "tokenizer")
     shutil.copytree(run_dir / "tokenizer", out / "tokenizer")  # vocab.json + merges.txt, CLIP's own format
+    (out / "distill.json").write_text(json.dumps(CARD_INFO, indent=2))  # what distill.load_teacher("mnist-t2i") reads
     (out / "prompts.json").write_text(json.dumps({
         "words": WORDS, "train_templates": TRAIN_TEMPLATES, "stroke_templates": STROKE_TEMPLATES,
         "held_out_templates": HELD_OUT_TEMPLATES, "empty_prompt_share": EMPTY_PROMPT_SHARE}, indent=2))
@@ -270,7 +274,7 @@ def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3
     small = nn.functional.avg_pool2d(torch.cat(images), 2)
     classifier = BundledClassifier("mnist16")
     features, probabilities = classifier.run(small)
-    real_features, _ = classifier.run(load_dataset("mnist", 16).x)
+    real_features, _ = classifier.run(nn.functional.avg_pool2d(load_dataset("mnist", 32).x, 2))  # the same resize
     return {"samples": samples, "steps": steps, "guidance": guidance,
             "held_out_agreement": class_agreement(probabilities, digits),
             "fd_mnist16": frechet_distance(features, real_features)}

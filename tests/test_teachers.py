@@ -202,6 +202,8 @@ def test_bundled_teachers_load_and_give_finite_velocities(name):
     teacher = distill.load_teacher(name)
     x = torch.randn(3, *teacher.sample_shape)
     cond = None if not teacher.info.num_classes else torch.tensor([0, 1, teacher.info.null_label])
+    if isinstance(teacher, distill.teachers.TextToImageTeacher):
+        cond = teacher.encode_prompts(["a handwritten 7", "digit 1", ""])
     v = teacher.velocity(x, torch.tensor([teacher.t_min, 0.5, teacher.t_max]), cond)
     assert v.shape == x.shape and torch.isfinite(v).all()
     assert 0 <= teacher.t_min < teacher.t_max <= 1 and teacher.info.data.name

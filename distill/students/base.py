@@ -57,6 +57,15 @@ class FlowMap(nn.Module):
         """Whether the student takes a classifier-free guidance scale in its condition."""
         return False
 
+    def encode_prompts(self, prompts: list[str], device=None):
+        """The condition for ``prompts``, for a student of a text-to-image teacher."""
+        raise TypeError(f"{type(self).__name__} is not text-conditioned: prompts need a student of a text-to-image "
+                        "teacher")
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Images from clean states: the states themselves, for a student that works in pixel space."""
+        return x
+
     # --- what each kind defines --------------------------------------------------------------------------------
     def average_velocity(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
         """``F(x, t, s)``."""

@@ -8,6 +8,7 @@ from .gaussian_mixture import GaussianMixtureTeacher
 from .guided import GuidedTeacher
 from .loading import bundled_teachers, load_teacher
 from .module import ModuleTeacher
+from .text_to_image import TextToImageTeacher
 
 __all__ = [
     "DiffusersTeacher",
@@ -16,6 +17,7 @@ __all__ = [
     "ModuleTeacher",
     "NetworkTeacher",
     "Teacher",
+    "TextToImageTeacher",
     "bundled_teachers",
     "load_teacher",
 ]

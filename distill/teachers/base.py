@@ -56,6 +56,19 @@ class Teacher(nn.Module):
         """The teacher without classifier-free guidance (itself, unless it is a guidance wrapper)."""
         return self
 
+    def null_condition(self):
+        """The unconditional input of classifier-free guidance: the null class its info names (``None``: none)."""
+        return self.info.null_label
+
+    def encode_prompts(self, prompts: list[str], device=None):
+        """The condition for ``prompts``, for a text-conditioned teacher (a text-to-image pipeline)."""
+        raise TypeError(f"{type(self).__name__} is not text-conditioned: prompts need a text-to-image pipeline "
+                        "teacher (a diffusers folder with text_encoder/ and vae/)")
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Images from clean states: the VAE's decoding for a latent teacher, the states themselves otherwise."""
+        return x
+
     def training_grid(self, steps: int, **options) -> Tensor:
         """Canonical times of this teacher's own sampler with ``steps`` steps (see ``Schedule.training_grid``)."""
         raise NotImplementedError(f"{type(self).__name__} has no training-timestep grid; use grid='uniform'")

@@ -46,6 +46,12 @@ class GuidedTeacher(Teacher):
     def training_grid(self, steps: int, **options) -> Tensor:
         return self.teacher.training_grid(steps, **options)
 
+    def encode_prompts(self, prompts: list[str], device=None):
+        return self.teacher.encode_prompts(prompts, device)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return self.teacher.decode(x)
+
     def check_state(self, x: Tensor) -> None:
         self.teacher.check_state(x)
 
@@ -66,7 +72,10 @@ class GuidedTeacher(Teacher):
         return v_uncond + w * (v_cond - v_uncond)
 
     def extra_repr(self) -> str:  # part of the cache key of this teacher's samples (distill.data.fingerprint)
-        return f"guidance_scale={self.guidance_scale}, null_cond={self.null_cond!r}"
+        from ..data import digest  # a null embedding's repr elides most of its values
+
+        null = self.null_cond if isinstance(self.null_cond, int) else digest(self.null_cond)
+        return f"guidance_scale={self.guidance_scale}, null_cond={null!r}"
 
 
 def guide(teacher: Teacher, scale: float | list[float] | None, null=None) -> Teacher:
@@ -77,9 +86,10 @@ def guide(teacher: Teacher, scale: float | list[float] | None, null=None) -> Tea
         return teacher
     if isinstance(scale, list):
         scale = scale[0]
-    null = teacher.info.null_label if null is None else null
+    null = teacher.null_condition() if null is None else null
     if null is None:
-        raise ValueError("guidance needs a class-conditional teacher whose info names its null_label (or --null-class)")
+        raise ValueError("guidance needs a class-conditional teacher whose info names its null_label "
+                         "(or --null-class), or a text-to-image teacher (the empty prompt)")
     return GuidedTeacher(teacher, scale, null)
 
 

@@ -13,6 +13,7 @@ from .base import Teacher
 from .diffusers_teacher import DiffusersTeacher
 from .gaussian_mixture import GaussianMixtureTeacher
 from .module import TEACHER_FILE, ModuleTeacher
+from .text_to_image import PROMPT_ENCODINGS, TextToImageTeacher, is_text_to_image_folder
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "teachers"
 INFO_FILE = "distill.json"
@@ -41,10 +42,13 @@ def bundled_teachers() -> dict[str, str]:
 
 def load_folder(folder: str | Path, *, torch_dtype: torch.dtype | None = None,
                 prediction_type: str | None = None) -> Teacher:
-    """A saved teacher: a built-in network (``teacher.json``) or a diffusers folder; ``distill.json`` -> ``info``."""
+    """A saved teacher: a built-in network (``teacher.json``), a text-to-image pipeline (a diffusers folder with
+    ``text_encoder/`` and ``vae/``) or another diffusers folder; ``distill.json`` -> ``info``."""
     folder = Path(folder)
     if (folder / TEACHER_FILE).exists():
         teacher = ModuleTeacher.from_pretrained(folder)
+    elif is_text_to_image_folder(folder):
+        teacher = TextToImageTeacher.from_pretrained(folder, torch_dtype=torch_dtype, prediction_type=prediction_type)
     else:
         teacher = DiffusersTeacher.from_pretrained(folder, torch_dtype=torch_dtype, prediction_type=prediction_type)
     if (folder / INFO_FILE).exists():
@@ -57,8 +61,8 @@ def load_teacher(source, *, torch_dtype: torch.dtype | None = None, prediction_t
 
     Args:
         source: a bundled name (``distill teachers`` lists them), a diffusers pipeline or model folder, a folder
-            saved by ``distill train-teacher``, a Hugging Face hub id, an in-memory ``(model, scheduler)`` pair, or
-            a ``Teacher`` (returned as is).
+            saved by ``distill train-teacher``, a Hugging Face hub id, an in-memory ``(model, scheduler)`` pair or
+            text-to-image pipeline (``StableDiffusionPipeline``, ...), or a ``Teacher`` (returned as is).
         torch_dtype: dtype to load diffusers weights in.
         prediction_type: override the scheduler config's prediction type.
     """
@@ -68,6 +72,8 @@ def load_teacher(source, *, torch_dtype: torch.dtype | None = None, prediction_t
         if len(source) != 2:
             raise ValueError("an in-memory teacher is a (model, scheduler) pair")
         return DiffusersTeacher(source[0], source[1], prediction_type)
+    if type(source).__name__ in PROMPT_ENCODINGS:  # an in-memory text-to-image pipeline
+        return TextToImageTeacher(source, prediction_type)
     if isinstance(source, str) and source in ANALYTIC_TEACHERS:
         return ANALYTIC_TEACHERS[source]()
     if isinstance(source, str) and (ASSET_DIR / source / INFO_FILE).exists():
