@@ -1,7 +1,7 @@
 """Text-to-image pipeline folders as teachers: the bundled ``mnist-t2i`` StableDiffusionPipeline, loaded by
 ``load_teacher``, reproduces diffusers' own pipeline call (prompt encoding, guidance from the empty prompt, DDIM, VAE
-decoding); prompt embeddings are cached by the encoder's hash; prompt datasets load from text, CSV, JSONL and
-image-caption folders."""
+decoding), and so do tiny SDXL, SD3 and FLUX pipelines; prompt embeddings are cached by the encoder's hash; prompt
+datasets load from text, CSV, JSONL and image-caption folders."""
 
 from __future__ import annotations
 
@@ -243,3 +243,42 @@ def test_sample_takes_prompts_and_writes_decoded_images(tmp_path, capsys):
     assert images.shape == (6, 1, 32, 32) and images.min() >= -1 and images.max() <= 1  # decoded, not latents
     assert main(["sample", "mnist", "--prompt", "a 3", "--n", "2", "--out", str(out)]) != 0  # one-line error
     assert "not text-conditioned" in capsys.readouterr().err
+
+
+def tiny_flux_pipeline():
+    """FLUX with a tiny CLIP (pooled width 6) and a tiny T5 (width 12, the transformer's joint dimension); the bundled
+    CLIP tokenizer stands in for T5's."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    from .conftest import tiny_flux
+
+    tokenizer = CLIPTokenizer.from_pretrained(FOLDER / "tokenizer")
+    torch.manual_seed(0)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=6, intermediate_size=12, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=12, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, sample_size=16, shift_factor=0.1, scaling_factor=1.5)
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae, text_encoder=clip,
+                        tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer,
+                        transformer=tiny_flux(guidance_embeds=True))
+
+
+def test_a_flux_pipeline_reproduces_its_pipeline_call():
+    from diffusers import FluxPipeline
+
+    pipeline = tiny_flux_pipeline()
+    teacher = distill.load_teacher(pipeline)
+    noise = noise_like(2, 4, 8, 8, seed=7)
+    with torch.no_grad():  # 16 px with the VAE's 2x: the 8x8 latent, packed into 2x2 patches as the pipeline wants
+        packed = pipeline(PROMPTS, latents=FluxPipeline._pack_latents(noise, 2, 4, 8, 8), height=16, width=16,
+                          num_inference_steps=4, guidance_scale=3.5, output_type="latent").images
+    theirs = FluxPipeline._unpack_latents(packed, 16, 16, 2)
+    cond = teacher.encode_prompts(PROMPTS)
+    assert torch.equal(cond["guidance"], torch.full((2,), 3.5))
+    ours = distill.sample(teacher, noise, times=pipeline.scheduler.sigmas, solver="euler", cond=cond)
+    assert relative_error(ours, theirs) <= 1e-5

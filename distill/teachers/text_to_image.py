@@ -48,11 +48,17 @@ def encode_sd3(pipeline, prompts: list[str], device) -> dict:
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
+FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale: the distilled-guidance input of FLUX-dev
+
+
 def encode_flux(pipeline, prompts: list[str], device) -> dict:
-    """FLUX: T5 states and the pooled CLIP projection (the guidance a guidance-embedded FLUX needs is added at
-    sampling, ``cond['guidance']``)."""
+    """FLUX: T5 states and the pooled CLIP projection; a guidance-embedded FLUX also gets its guidance input
+    (``FLUX_GUIDANCE`` for every example; change ``cond['guidance']`` to sample at another)."""
     embeds, pooled, _ = pipeline.encode_prompt(prompts, None, device=device, num_images_per_prompt=1)
-    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    if pipeline.transformer.config.guidance_embeds:
+        cond["guidance"] = torch.full((len(prompts),), FLUX_GUIDANCE, dtype=embeds.dtype, device=device)
+    return cond
 
 
 PROMPT_ENCODINGS: dict[str, Callable] = {
