@@ -282,3 +282,26 @@ def test_a_flux_pipeline_reproduces_its_pipeline_call():
     assert torch.equal(cond["guidance"], torch.full((2,), 3.5))
     ours = distill.sample(teacher, noise, times=pipeline.scheduler.sigmas, solver="euler", cond=cond)
     assert relative_error(ours, theirs) <= 1e-5
+
+
+def test_a_student_of_the_pipeline_saves_as_a_pipeline_and_samples_from_prompts(teacher, tmp_path, capsys):
+    from diffusers import StableDiffusionPipeline
+
+    from distill.cli import main
+
+    student = distill.FlowMap.from_teacher(teacher)
+    with torch.no_grad():
+        next(student.base.model.parameters()).mul_(1.01)  # the student's own weights, not the teacher's
+    student.save_pretrained(tmp_path / "student")
+    loaded = distill.load_student(tmp_path / "student")
+    noise = noise_like(2, *teacher.sample_shape, seed=8)
+    cond = loaded.encode_prompts(PROMPTS)
+    assert torch.equal(distill.sample(loaded, noise, steps=2, cond=cond), distill.sample(student, noise, steps=2,
+                                                                                         cond=cond))
+    assert loaded.decode(noise).shape == (2, 1, 32, 32)
+    network = StableDiffusionPipeline.from_pretrained(tmp_path / "student" / "network").unet  # diffusers opens it
+    assert torch.equal(next(network.parameters()), next(student.base.model.parameters()))
+    out = tmp_path / "grid.npz"
+    assert main(["sample", str(tmp_path / "student"), "--prompt", "digit 4", "--steps", "2", "--n", "3",
+                 "--out", str(out)]) == 0
+    assert np.load(out)["samples"].shape == (3, 1, 32, 32)

@@ -113,6 +113,12 @@ class TeacherFlowMap(FlowMap):
         """A student equal to one Euler step of ``teacher`` (whose weights are copied, not shared)."""
         return cls(copy.deepcopy(teacher))
 
+    def encode_prompts(self, prompts: list[str], device=None):
+        return self.base.encode_prompts(prompts, device)  # a text-to-image teacher's prompt encoding (shared)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return self.base.decode(x)  # a latent teacher's VAE
+
     def _hook_embeddings(self, embeddings: nn.ModuleList, scale: float) -> None:
         """One zero-initialised :class:`ScalarEmbedding` per time-embedding module, added to its output."""
         modules = dict(self.base.network.named_modules())

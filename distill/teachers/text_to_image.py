@@ -252,6 +252,15 @@ class TextToImageTeacher(DiffusersTeacher):
     def decode(self, x: Tensor) -> Tensor:
         return self.parts.decode(x)
 
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """The whole pipeline folder (what :meth:`from_pretrained` and diffusers load), with this teacher's own
+        denoiser weights: a student's copy saves as a pipeline its users can open."""
+        folder = Path(folder)
+        self.parts.pipeline.save_pretrained(folder)
+        component = "unet" if getattr(self.parts.pipeline, "unet", None) is not None else "transformer"
+        self.model.save_pretrained(folder / component)
+        return folder
+
     @classmethod
     def from_pretrained(cls, source: str | Path, *, torch_dtype: torch.dtype | None = None,
                         prediction_type: str | None = None) -> TextToImageTeacher:
