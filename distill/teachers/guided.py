@@ -46,6 +46,9 @@ class GuidedTeacher(Teacher):
     def training_grid(self, steps: int, **options) -> Tensor:
         return self.teacher.training_grid(steps, **options)
 
+    def null_condition(self):
+        return self.null_cond
+
     def encode_prompts(self, prompts: list[str], device=None):
         return self.teacher.encode_prompts(prompts, device)
 
