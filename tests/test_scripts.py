@@ -107,7 +107,7 @@ def test_train_classifiers_writes_a_card(tmp_path):
 def test_train_t2i_teacher_writes_a_pipeline_folder_diffusers_loads(tmp_path):
     """Two steps of each stage; the folder loads in ``StableDiffusionPipeline`` and draws a 32x32 image."""
     result = json.loads(run_script("train_t2i_teacher.py", "--smoke", cwd=tmp_path).strip().splitlines()[-1])
-    assert result["files"] == ["model_index.json", "prompts.json", "scheduler", "text_encoder", "tokenizer", "unet",
-                               "vae"]
+    assert result["files"] == ["distill.json", "model_index.json", "prompts.json", "scheduler", "text_encoder",
+                               "tokenizer", "unet", "vae"]
     assert result["image"] == [1, 32, 32, 1]
     assert 0 <= result["judge"]["held_out_agreement"] <= 1 and result["judge"]["fd_mnist16"] > 0
