@@ -229,6 +229,11 @@ class DiffusersTeacher(NetworkTeacher):
         self.adapter.check_state(x)  # any resolution the network accepts, not only sample_size
 
     @property
+    def component(self) -> str:
+        """The denoiser's folder in a pipeline: ``unet`` or ``transformer``."""
+        return "unet" if "UNet" in self.adapter.model_class else "transformer"
+
+    @property
     def network(self) -> nn.Module:
         return self.model
 
@@ -242,7 +247,7 @@ class DiffusersTeacher(NetworkTeacher):
         import diffusers
 
         folder = Path(folder)
-        component = "unet" if "UNet" in self.adapter.model_class else "transformer"
+        component = self.component
         scheduler = getattr(diffusers, self.scheduler_class).from_config(self.scheduler_config)
         self.model.save_pretrained(folder / component)
         scheduler.save_pretrained(folder / "scheduler")

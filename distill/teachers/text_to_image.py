@@ -257,8 +257,7 @@ class TextToImageTeacher(DiffusersTeacher):
         denoiser weights: a student's copy saves as a pipeline its users can open."""
         folder = Path(folder)
         self.parts.pipeline.save_pretrained(folder)
-        component = "unet" if getattr(self.parts.pipeline, "unet", None) is not None else "transformer"
-        self.model.save_pretrained(folder / component)
+        self.model.save_pretrained(folder / self.component)
         return folder
 
     @classmethod
@@ -268,14 +267,10 @@ class TextToImageTeacher(DiffusersTeacher):
         from diffusers import DiffusionPipeline
 
         folder = Path(source)
+        index = json.loads((folder / "model_index.json").read_text())
+        no_checker = {"safety_checker": None} if "safety_checker" in index else {}  # SD folders name one
         try:
-            pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, safety_checker=None) \
-                if _has_safety_checker_slot(folder) else DiffusionPipeline.from_pretrained(folder,
-                                                                                           torch_dtype=torch_dtype)
+            pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, **no_checker)
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"could not load the pipeline in {folder}: {str(error).splitlines()[0]}") from error
         return cls(pipeline, prediction_type)
-
-
-def _has_safety_checker_slot(folder: Path) -> bool:
-    return "safety_checker" in json.loads((folder / "model_index.json").read_text())
