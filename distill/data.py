@@ -287,9 +287,12 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
     key = fingerprint(teacher, type(teacher).__name__, solver, steps, stride, ends_only, teacher.t_max, noise.shape,
                       digest(noise), digest(cond))
     path = cache_dir() / "teacher_samples" / f"{key}.pt"
+    times = time_grid(teacher, steps)
     stored = torch.load(path, weights_only=True) if path.exists() else bundled_result(key)
+    if stored is not None and "after_noise" in stored:  # bundled trajectories omit their first state, t_max * noise
+        first = (float(times[0]) * noise).unsqueeze(1).to(stored["after_noise"].dtype)
+        stored = {"x": torch.cat([first, stored["after_noise"]], dim=1), "seconds": stored["seconds"]}
     if stored is None:
-        times = time_grid(teacher, steps)
         chunks = range(0, len(noise), batch_size)
         bar = tqdm(chunks, desc=f"teacher {'samples' if ends_only else 'trajectories'} ({solver}, {steps} steps)",
                    disable=not progress, file=sys.stderr)
@@ -315,16 +318,26 @@ def teacher_trajectories(teacher, noise: Tensor, cond: Tensor | None = None, sol
 REFERENCE_FOLDER = "reference"  # in a bundled teacher's folder: its evaluation samples, named by cache key
 
 
+def shippable(stored: dict, sample_ndim: int) -> dict[str, torch.Tensor]:
+    """A cached result as :func:`bundled_result` reads it: samples as ``x``; trajectories [N, M, ...] as
+    ``after_noise``, without their first state."""
+    x = stored["x"]
+    samples = {"x": x} if x.ndim == sample_ndim + 1 else {"after_noise": x[:, 1:]}
+    return {**{k: v.contiguous() for k, v in samples.items()}, "seconds": torch.tensor(float(stored["seconds"]))}
+
+
 def bundled_result(key: str) -> dict | None:
     """Teacher samples that ship with a bundled teacher (``<teacher>/reference/<key>.safetensors``, written by
     ``scripts/bundle_reference.py``): the same cache key, so they are found only for the same weights, noise, labels,
-    solver and steps."""
+    solver and steps. Trajectories ship as ``after_noise``, every state but the first (``t_max * noise``, which
+    :func:`teacher_trajectories` puts back): 4/5 of the bytes of the quickstart's."""
     from .teachers.loading import ASSET_DIR
     from .weights import read_safetensors
 
     for path in ASSET_DIR.glob(f"*/{REFERENCE_FOLDER}/{key}.safetensors"):
         stored = read_safetensors(path)
-        return {"x": stored["x"], "seconds": float(stored["seconds"])}
+        samples = "x" if "x" in stored else "after_noise"
+        return {samples: stored[samples], "seconds": float(stored["seconds"])}
     return None
 
 

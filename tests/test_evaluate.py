@@ -51,6 +51,28 @@ def test_image_teacher_rows_and_reference_cache(tmp_path):
     assert again.teacher_rows(["euler"], [2])[0] == row  # served from the cache, generation time included
 
 
+def test_bundled_trajectories_are_the_computed_ones(tmp_path, monkeypatch):
+    """Trajectories shipped without their first state come back bit-identical, and nothing is solved again."""
+    from safetensors.torch import save_file
+
+    import distill.solvers
+    import distill.teachers.loading
+    from distill.data import REFERENCE_FOLDER, shippable, teacher_trajectories
+
+    teacher = distill.load_teacher("eight-gaussians-exact")
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    computed = teacher_trajectories(teacher, noise, solver="euler", steps=4, stride=2, progress=False)
+    [cached] = (tmp_path / "cache" / "teacher_samples").glob("*.pt")
+    folder = tmp_path / "assets" / "eight-gaussians-exact" / REFERENCE_FOLDER
+    folder.mkdir(parents=True)
+    save_file(shippable(torch.load(cached, weights_only=True), 1), folder / f"{cached.stem}.safetensors")
+    cached.unlink()
+    monkeypatch.setattr(distill.teachers.loading, "ASSET_DIR", tmp_path / "assets")
+    monkeypatch.setattr(distill.solvers, "solve", lambda *args, **kwargs: pytest.fail("solved again"))
+    shipped = teacher_trajectories(teacher, noise, solver="euler", steps=4, stride=2, progress=False)
+    assert shipped.x.shape == (32, 3, 2) and torch.equal(shipped.x, computed.x)
+
+
 def test_eval_command_json(tmp_path, capsys):
     plot = tmp_path / "quality.png"
     assert main(["eval", "eight-gaussians-exact", "--nfe", "2,4", "--solvers", "euler,dpmpp2m", "--samples", "300",
