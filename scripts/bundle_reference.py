@@ -52,7 +52,7 @@ def main() -> None:
         evaluation.side_by_side(None, args.solvers.split(","), [int(n) for n in args.nfe.split(",")],
                                 [int(n) for n in args.reference_nfe.split(",")])
         if args.trajectories_of:
-            preset_trajectories(args.teacher, args.trajectories_of)
+            preset_trajectories(teacher.requires_grad_(False), args.teacher, args.trajectories_of)
         out = args.out or folder / REFERENCE_FOLDER
         out.mkdir(parents=True, exist_ok=True)
         for path in sorted((Path(cache) / "teacher_samples").glob("*.pt")):
@@ -62,12 +62,12 @@ def main() -> None:
             print(f"{target} ({target.stat().st_size / 1e6:.2f} MB)")
 
 
-def preset_trajectories(teacher: str, preset: str) -> None:
+def preset_trajectories(teacher, name: str, preset: str) -> None:
     """Build (into the current cache) the trajectories that ``distill run PRESET`` trains on."""
     config = load_distill_config(preset)
-    if config.teacher != teacher:
-        raise SystemExit(f"{preset} distils {config.teacher}, not {teacher}")
-    objective = build_objective(load_teacher(teacher).requires_grad_(False), config.objective)
+    if config.teacher != name:
+        raise SystemExit(f"{preset} distils {config.teacher}, not {name}")
+    objective = build_objective(teacher, config.objective)
     if objective.training_data() is None:
         raise SystemExit(f"{preset}'s objective ({config.objective['name']}) trains on no teacher trajectories")
 
