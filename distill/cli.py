@@ -223,7 +223,7 @@ def _quickstart(args: argparse.Namespace) -> dict:
 
         export = export_student(run["student"], f"{args.out}/export",
                                 ExportConfig(steps=tuple(args.export_steps), precisions=("fp32",),
-                                             samples=config.eval.samples))
+                                             samples=config.eval.samples, exporter="torchscript"))
     report = {"teacher": run["teacher"], "student": run["student"], "seconds": round(time.perf_counter() - start, 1),
               "eval": run["eval"], "export": export, "run": run}
     if not args.json:
