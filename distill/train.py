@@ -256,6 +256,7 @@ def train(
     tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     # several processes and no GPU (torchrun or accelerate launch on CPUs): Accelerate's gloo data parallelism
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    release_other_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=tracker, project_dir=str(run_dir),
                               gradient_accumulation_steps=config.grad_accumulation, cpu=cpu_processes)
     if tracker:
@@ -344,6 +345,16 @@ def train(
     for tracker in accelerator.trackers:  # (end_training would also tear down the caller's process group)
         tracker.finish()
     return TrainResult(config.steps, ema, history, skipped, earlier_seconds + time.perf_counter() - started)
+
+
+def release_other_precision(mixed_precision: str) -> None:
+    """Accelerate keeps one ``AcceleratorState`` per process and refuses a second ``Accelerator`` of another
+    precision; a later ``train`` in the same process (a notebook, a test session) with another precision resets it.
+    The process group (``PartialState``) stays."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 def _write_grid(sampler, model: nn.Module, path: Path) -> None:

@@ -134,3 +134,16 @@ def test_an_ema_decay_added_on_resume_starts_from_the_resumed_weights(tmp_path):
     trained = dict(first.named_parameters())
     for name, value in result.ema[0.5].items():
         assert torch.equal(value, trained[name].detach().float()), name
+
+
+def test_a_second_training_in_one_process_may_change_precision():
+    """Accelerate refuses a second Accelerator of another precision in one process; train() releases the old one."""
+    from accelerate import Accelerator
+
+    from distill.train import release_other_precision
+
+    Accelerator(mixed_precision="no")
+    release_other_precision("bf16")
+    assert Accelerator(mixed_precision="bf16").mixed_precision == "bf16"
+    release_other_precision("no")
+    assert Accelerator(mixed_precision="no").mixed_precision == "no"
