@@ -1,6 +1,11 @@
 """Prompt datasets for text-to-image teachers: a text file (one prompt per line), a CSV or JSONL of captions, or an
 image-caption folder (Hugging Face ``imagefolder`` layout: ``metadata.jsonl`` / ``metadata.csv`` with ``file_name``
-and a caption column, or one ``.txt`` caption beside each image)."""
+and a caption column, or one ``.txt`` caption beside each image).
+
+A pipeline folder may also bring its own prompts (``prompts.json``, :func:`vocabulary_prompts`): the class names and
+the phrasings to train and to judge with, so that prompt agreement (does the image show the class the prompt names)
+can be measured on phrasings never trained. :func:`conditions_in_turn` is the one place a model's conditions are
+drawn: class labels in turn for a class-conditional model, prompts in turn for a text-to-image one."""
 
 from __future__ import annotations
 
@@ -9,18 +14,24 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 CAPTION_COLUMNS = ("text", "caption", "prompt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VOCABULARY_FILE = "prompts.json"  # in a pipeline folder: its own prompts (vocabulary_prompts)
+SPLITS = ("train", "held_out")
 
 
 @dataclass(frozen=True)
 class PromptSet:
     """``prompts`` in file order; ``images``: the image each caption describes (an image-caption folder), else
-    ``None``."""
+    ``None``; ``labels``: the class each prompt names (a pipeline's ``prompts.json``), else ``None``."""
 
     prompts: list[str]
     source: str
     images: list[Path] | None = None
+    labels: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -94,3 +105,40 @@ def caption_folder(folder: Path) -> PromptSet:
     if not captioned:
         raise ValueError(f"{folder} has no captions: add metadata.jsonl (file_name, text) or a .txt beside each image")
     return PromptSet([image.with_suffix(".txt").read_text().strip() for image in captioned], str(folder), captioned)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A pipeline's own prompts, and the conditions every driver draws
+# ------------------------------------------------------------------------------------------------------------
+def vocabulary_prompts(vocabulary: dict, split: str, source: str = VOCABULARY_FILE) -> PromptSet:
+    """The prompts of a ``prompts.json`` vocabulary: ``words`` (class ``i``'s name), ``train_templates`` plus every
+    list of ``stroke_templates`` (``split="train"``) or ``held_out_templates`` (``"held_out"``), each template over
+    every class in turn (``{word}``: the class name, ``{digit}``: its index), labelled with that class."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown prompt split {split!r}; use one of {', '.join(SPLITS)}")
+    if split == "train":
+        templates = [*vocabulary["train_templates"],
+                     *(t for group in vocabulary.get("stroke_templates", {}).values() for t in group)]
+    else:
+        templates = list(vocabulary["held_out_templates"])
+    words = vocabulary["words"]
+    pairs = [(template.format(word=word, digit=label), label) for template in templates
+             for label, word in enumerate(words)]
+    return PromptSet([p for p, _ in pairs], f"{source} ({split})", labels=[label for _, label in pairs])
+
+
+def conditions_in_turn(model, n: int, prompts: str | Path | None = None, split: str = "train", info=None) -> tuple:
+    """``(cond, labels)`` for ``n`` samples of ``model`` (a teacher or a student): a class-conditional model's classes
+    in turn (those of ``info``, default ``model.info``; ``cond`` is ``labels``); for a text-to-image model, the
+    prompts of ``prompts`` (a prompt dataset) or of its own ``prompts.json`` ``split``, in turn, encoded, with the
+    classes they name (``None`` when unknown); for an unconditional model, ``(None, None)``."""
+    from .data import class_cycle
+
+    chosen = load_prompts(prompts) if prompts is not None else model.prompt_set(split)
+    if chosen is None:
+        labels = class_cycle(model.info if info is None else info, n)
+        return labels, labels
+    order = torch.arange(n) % len(chosen)
+    cond = model.encode_prompts([chosen.prompts[i] for i in order])
+    labels: Tensor | None = None if chosen.labels is None else torch.as_tensor(chosen.labels)[order]
+    return cond, labels

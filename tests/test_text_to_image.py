@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import distill
-from distill.prompts import load_prompts
+from distill.prompts import conditions_in_turn, load_prompts
 from distill.teachers import TextToImageTeacher
 from distill.teachers.guided import guide
 from distill.teachers.loading import ASSET_DIR
@@ -106,6 +106,34 @@ def test_prompt_errors_are_one_line(teacher):
         teacher.encode_prompts("a handwritten 7")
     with pytest.raises(TypeError, match="not text-conditioned"):
         distill.load_teacher("mnist").encode_prompts(["a 7"])
+
+
+def test_the_pipelines_own_prompts_name_their_classes(teacher):
+    held_out, trained = teacher.prompt_set("held_out"), teacher.prompt_set("train")
+    assert held_out.prompts[:3] == ["a picture of a handwritten zero", "a picture of a handwritten one",
+                                    "a picture of a handwritten two"]
+    assert held_out.labels[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]  # classes in turn, template by template
+    assert "digit 7, thick strokes" in trained.prompts and "a bold seven" in trained.prompts
+    assert not set(held_out.prompts) & set(trained.prompts)  # agreement is judged on phrasings never trained
+    assert all(trained.labels[i] == int(d) for i, p in enumerate(trained.prompts) for d in p if d.isdigit())
+    with pytest.raises(ValueError, match="unknown prompt split"):
+        teacher.prompt_set("test")
+    bare = TextToImageTeacher(teacher.parts.pipeline)  # a user's folder without prompts.json
+    with pytest.raises(ValueError, match="no prompts.json: give a prompt dataset"):
+        conditions_in_turn(bare, 4)
+
+
+def test_conditions_in_turn_are_labels_or_encoded_prompts(teacher, tmp_path):
+    labels, named = conditions_in_turn(distill.load_teacher("mnist"), 12)
+    assert torch.equal(labels, torch.arange(12) % 10) and named is labels
+    cond, named = conditions_in_turn(teacher, 12, split="held_out")
+    prompts = teacher.prompt_set("held_out").prompts
+    assert torch.equal(cond, teacher.encode_prompts(prompts[:12])) and torch.equal(named, torch.arange(12) % 10)
+    (tmp_path / "mine.txt").write_text("digit 4\na bold four\n")
+    cond, named = conditions_in_turn(teacher, 3, tmp_path / "mine.txt")
+    assert torch.equal(cond, teacher.encode_prompts(["digit 4", "a bold four", "digit 4"])) and named is None
+    with pytest.raises(TypeError, match="not text-conditioned"):
+        conditions_in_turn(distill.load_teacher("mnist"), 2, tmp_path / "mine.txt")
 
 
 def test_prompt_datasets_load_from_every_format(tmp_path):
@@ -299,9 +327,27 @@ def test_a_student_of_the_pipeline_saves_as_a_pipeline_and_samples_from_prompts(
     assert torch.equal(distill.sample(loaded, noise, steps=2, cond=cond), distill.sample(student, noise, steps=2,
                                                                                          cond=cond))
     assert loaded.decode(noise).shape == (2, 1, 32, 32)
+    assert loaded.prompt_set("held_out") == teacher.prompt_set("held_out")  # prompts.json travels with it
     network = StableDiffusionPipeline.from_pretrained(tmp_path / "student" / "network").unet  # diffusers opens it
     assert torch.equal(next(network.parameters()), next(student.base.model.parameters()))
     out = tmp_path / "grid.npz"
     assert main(["sample", str(tmp_path / "student"), "--prompt", "digit 4", "--steps", "2", "--n", "3",
                  "--out", str(out)]) == 0
     assert np.load(out)["samples"].shape == (3, 1, 32, 32)
+
+
+def test_distill_run_distils_the_guided_pipeline_from_its_prompts_and_judges_decoded_images(tmp_path, monkeypatch):
+    """The mnist-t2i preset, a few steps: trajectories of the teacher guided at each one's w from its training
+    phrasings, a w-conditioned student, judged at w = 3 on held-out phrasings after the VAE decodes (FD and prompt
+    agreement in the bundled classifier)."""
+    from distill.recipes.distillation import load_distill_config, run_distillation
+
+    overrides = ["objective.trajectories=24", "train.steps=2", "train.batch_size=8",
+                 "train.progress=false", "eval.samples=20", "eval.nfe=[1]", "eval.solvers=[euler]",
+                 "eval.reference_nfe=[]", f"run_dir={tmp_path}/run"]
+    report = run_distillation(load_distill_config("mnist-t2i", overrides))
+    rows = report["eval"]["rows"]
+    assert {(row["kind"], row["guidance"]) for row in rows} == {("teacher", 3.0), ("student", 3.0)}
+    assert all(row["fd"] > 0 and 0 <= row["agreement"] <= 1 for row in rows)
+    student = distill.load_student(report["student"])
+    assert student.guidance_conditioned and student.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 1, 32, 32)

@@ -17,14 +17,15 @@ import torch
 from torch import Tensor
 
 from ..conditions import with_scale
-from ..data import Dataset, class_cycle, load_dataset, teacher_samples
+from ..data import Dataset, load_dataset, teacher_samples
 from ..model_info import DataInfo
+from ..prompts import conditions_in_turn
 from ..solvers import SOLVERS, sample, solver_nfe, steps_for_nfe, time_grid
 from . import metrics
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32, 64)
-CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("digits", None): "digits8", ("digits", 8): "digits8",
-                       ("digits", 16): "digits16"}
+CLASSIFIER_FOR_DATA = {("mnist", 16): "mnist16", ("mnist", 32): "mnist16",  # 32x32 is averaged down to 16x16
+                       ("digits", None): "digits8", ("digits", 8): "digits8", ("digits", 16): "digits16"}
 REFERENCE_SOLVER, REFERENCE_STEPS = "dpmpp2m", 64  # the accurate solution fidelity is measured against
 
 
@@ -57,11 +58,15 @@ class Evaluation:
             teacher's ``info.data`` (name, size, classes) to judge it against other data.
         progress: print progress lines to stderr.
         guidance: a classifier-free guidance scale ``w``: the teacher is guided at ``w`` (its ``info.null_label``
-            is the unconditional class), and guidance-conditioned students are asked for ``w``.
+            is the unconditional class, or a text-to-image teacher's empty prompt), and guidance-conditioned
+            students are asked for ``w``.
+        prompts: for a text-to-image teacher, the prompt dataset to judge on (default: the held-out phrasings of
+            its folder's ``prompts.json``, whose classes prompt agreement is measured against). Latent samples are
+            judged after the teacher's VAE decodes them.
     """
 
     def __init__(self, teacher, samples: int = 1000, seed: int = 0, data: str | dict | None = None,
-                 progress: bool = True, guidance: float | None = None):
+                 progress: bool = True, guidance: float | None = None, prompts: str | None = None):
         if teacher.sample_shape is None:
             raise ValueError("the teacher does not declare its sample shape; evaluate it from Python")
         if guidance is not None:
@@ -76,7 +81,8 @@ class Evaluation:
         self.data_name, self.data_size, self.data_classes = info.name, info.size, info.classes
         generator = torch.Generator().manual_seed(seed)
         self.noise = torch.randn(samples, *teacher.sample_shape, generator=generator)
-        self.cond = class_cycle(teacher.info.replace(data=info), samples)
+        self.cond, self.labels = conditions_in_turn(teacher, samples, prompts, "held_out",
+                                                    teacher.info.replace(data=info))
         self.is_image = len(teacher.sample_shape) == 3
         self.classifier = self._classifier() if self.is_image else None
         self.real = self._real_data()
@@ -125,7 +131,7 @@ class Evaluation:
     def score(self, x: Tensor, model: str, kind: str, solver: str, nfe: int, seconds: float) -> EvalRow:
         row = EvalRow(model, kind, solver, nfe, seconds=round(seconds, 3), guidance=self.guidance)
         if self.classifier is not None:
-            scores = metrics.image_metrics(x, self.real_features, self.classifier, self.cond)
+            scores = metrics.image_metrics(self.teacher.decode(x), self.real_features, self.classifier, self.labels)
             row.fd, row.confident, row.class_entropy = scores["fd"], scores["confident"], scores["class_entropy"]
             row.agreement = scores.get("agreement")
         elif not self.is_image:

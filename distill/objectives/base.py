@@ -55,7 +55,9 @@ class DistillationConfig:
     ``c = 0.00054 sqrt(dim)``; Song & Dhariwal 2023, §3.3). ``adaptive_p``, ``adaptive_c``: the adaptive weight
     ``1 / (d + c)^p`` on each example's distance ``d`` (stop-gradient; Geng et al. 2025, §4.3; p = 0 is off).
     ``conversion_steps``: the first steps teach a student whose output rule differs from its teacher's
-    (``distill.students.outputs``) its new output, ``F(x_t, t, t) = v_teacher(x_t, t)``, before the objective itself."""
+    (``distill.students.outputs``) its new output, ``F(x_t, t, t) = v_teacher(x_t, t)``, before the objective itself.
+    ``prompts``: a text-to-image teacher's prompt dataset (``distill.prompts.load_prompts``; ``None``: the training
+    phrasings of its folder's ``prompts.json``)."""
 
     times: TimePairs = field(default_factory=TimePairs)
     guidance: float | list[float] | None = None
@@ -63,6 +65,7 @@ class DistillationConfig:
     adaptive_p: float = 0.0
     adaptive_c: float = 1e-3
     conversion_steps: int = 0
+    prompts: str | None = None
 
     def __post_init__(self):
         if self.distance not in DISTANCES:

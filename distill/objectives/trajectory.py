@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ..conditions import with_scale
-from ..data import Dataset, class_cycle, teacher_trajectories
+from ..data import Dataset, teacher_trajectories
+from ..prompts import conditions_in_turn
 from ..solvers import time_grid
 from .base import Batch, DistillationConfig, DistillationObjective, LossOutput, gap
 
@@ -69,7 +70,7 @@ class TrajectoryDistillation(DistillationObjective):
         config, shape = self.config, self.teacher.sample_shape
         generator = torch.Generator().manual_seed(config.seed)
         noise = torch.randn(config.trajectories, *shape, generator=generator)
-        cond = class_cycle(self.teacher.info, config.trajectories)
+        cond, _ = conditions_in_turn(self.teacher, config.trajectories, config.prompts)
         if config.guidance_range is not None:
             cond = with_scale(cond, torch.empty(config.trajectories).uniform_(*config.guidance_range,
                                                                               generator=generator))

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
+from ..conditions import map_condition
 from ..config import ConfigError, build, check_keys
-from ..data import DataConfig, Dataset, class_cycle, load_dataset
+from ..data import DataConfig, Dataset, load_dataset
 from ..lora import LoraSettings, add_lora
 from ..nets import TWO_TIME_NETWORKS
 from ..objectives import OBJECTIVES
+from ..prompts import conditions_in_turn
 from ..students import OUTPUT_RULES, FlowMap, TeacherFlowMap, TwoTimeFlowMap, VelocityFlowMap, jump_gains, student_class
 from ..train import TrainConfig, train, use_ema
 from .run_folder import open_run_folder
@@ -59,7 +61,8 @@ class RunEvalConfig:
     teacher's ``solvers`` at those NFE, plus the teacher's reference solver (DPM-Solver++(2M), whose 64-step samples
     are the fidelity reference and cost nothing more) at ``reference_nfe`` (e.g. ``[64]``: the teacher's best).
     ``guidance``: the classifier-free guidance scales to judge a guidance-conditioned student at, each beside the
-    teacher guided at the same scale (empty: the two ends of the range it was distilled on)."""
+    teacher guided at the same scale (empty: the two ends of the range it was distilled on). ``prompts``: a
+    text-to-image teacher's prompt dataset to judge on (``None``: the held-out phrasings of its ``prompts.json``)."""
 
     samples: int = 500
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -67,6 +70,7 @@ class RunEvalConfig:
     reference_nfe: list[int] = field(default_factory=list)
     guidance: list[float] = field(default_factory=list)
     seed: int = 0
+    prompts: str | None = None
 
 
 @dataclass
@@ -183,15 +187,17 @@ def distillation_data(teacher, config: DataConfig) -> Dataset:
 
 
 def grid_sampler(student: FlowMap, count: int = 64, steps: int = 2, seed: int = 0):
-    """A function ``model -> samples`` for periodic grids: ``steps`` jumps from fixed noise (classes in turn)."""
+    """A function ``model -> images`` for periodic grids: ``steps`` jumps from fixed noise (classes, or the teacher's
+    prompts, in turn), decoded by a latent student's VAE."""
     noise = torch.randn(count, *student.sample_shape, generator=torch.Generator().manual_seed(seed))
-    cond = class_cycle(student.info, count)
+    cond, _ = conditions_in_turn(student, count)
 
     def draw(model) -> torch.Tensor:
         from ..solvers import sample
 
         device = next(model.parameters()).device
-        return sample(model, noise.to(device), steps=steps, cond=None if cond is None else cond.to(device))
+        x = sample(model, noise.to(device), steps=steps, cond=map_condition(lambda c: c.to(device), cond))
+        return student.decode(x)
 
     return draw
 
@@ -246,7 +252,8 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
         scales = config.guidance or student.info.guidance_range or [student.default_guidance]
     rows = []
     for scale in scales:
-        evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed, guidance=scale)
+        evaluation = Evaluation(teacher, samples=config.samples, seed=config.seed, guidance=scale,
+                                prompts=config.prompts)
         rows += evaluation.side_by_side(student, config.solvers, config.nfe, config.reference_nfe, student_name=name)
     result = report(evaluation, rows)
     if out_dir is not None:

@@ -66,6 +66,10 @@ class FlowMap(nn.Module):
         """Images from clean states: the states themselves, for a student that works in pixel space."""
         return x
 
+    def prompt_set(self, split: str = "train"):
+        """A student of a text-to-image teacher: its teacher's own prompts; ``None`` otherwise."""
+        return None
+
     # --- what each kind defines --------------------------------------------------------------------------------
     def average_velocity(self, x: Tensor, t: Tensor | float, s: Tensor | float, cond=None) -> Tensor:
         """``F(x, t, s)``."""

@@ -119,6 +119,9 @@ class TeacherFlowMap(FlowMap):
     def decode(self, x: Tensor) -> Tensor:
         return self.base.decode(x)  # a latent teacher's VAE
 
+    def prompt_set(self, split: str = "train"):
+        return self.base.prompt_set(split)
+
     def _hook_embeddings(self, embeddings: nn.ModuleList, scale: float) -> None:
         """One zero-initialised :class:`ScalarEmbedding` per time-embedding module, added to its output."""
         modules = dict(self.base.network.named_modules())

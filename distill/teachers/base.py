@@ -69,6 +69,10 @@ class Teacher(nn.Module):
         """Images from clean states: the VAE's decoding for a latent teacher, the states themselves otherwise."""
         return x
 
+    def prompt_set(self, split: str = "train"):
+        """A text-to-image teacher's own prompts (``distill.prompts.PromptSet``); ``None`` for any other teacher."""
+        return None
+
     def training_grid(self, steps: int, **options) -> Tensor:
         """Canonical times of this teacher's own sampler with ``steps`` steps (see ``Schedule.training_grid``)."""
         raise NotImplementedError(f"{type(self).__name__} has no training-timestep grid; use grid='uniform'")

@@ -55,6 +55,9 @@ class GuidedTeacher(Teacher):
     def decode(self, x: Tensor) -> Tensor:
         return self.teacher.decode(x)
 
+    def prompt_set(self, split: str = "train"):
+        return self.teacher.prompt_set(split)
+
     def check_state(self, x: Tensor) -> None:
         self.teacher.check_state(x)
 

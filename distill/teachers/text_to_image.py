@@ -234,7 +234,7 @@ class TextToImageTeacher(DiffusersTeacher):
     ``cond`` is what the denoiser takes (see its model adapter); :meth:`encode_prompts` makes it from prompts.
     """
 
-    def __init__(self, pipeline, prediction_type: str | None = None):
+    def __init__(self, pipeline, prediction_type: str | None = None, vocabulary: dict | None = None):
         denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
         if denoiser is None or type(denoiser).__name__ not in MODEL_ADAPTERS:
             raise ValueError(f"{type(pipeline).__name__} has no supported denoiser; supported model classes: "
@@ -242,6 +242,17 @@ class TextToImageTeacher(DiffusersTeacher):
         parts = PipelineParts(pipeline)
         super().__init__(denoiser, pipeline.scheduler, prediction_type)
         self.parts = parts
+        self.vocabulary = vocabulary  # the folder's prompts.json (distill.prompts.vocabulary_prompts), if any
+
+    def prompt_set(self, split: str = "train"):
+        """The prompts this pipeline folder brings (``prompts.json``) for ``split`` (``train`` or ``held_out``)."""
+        from ..prompts import vocabulary_prompts
+
+        if self.vocabulary is None:
+            raise ValueError("this pipeline folder has no prompts.json: give a prompt dataset (objective.prompts= / "
+                             "eval.prompts= / --prompts: a .txt with one prompt per line, .csv, .jsonl or an "
+                             "image-caption folder)")
+        return vocabulary_prompts(self.vocabulary, split)
 
     def encode_prompts(self, prompts: list[str], device=None):
         return self.parts.encode(prompts, device)
@@ -256,15 +267,22 @@ class TextToImageTeacher(DiffusersTeacher):
         """The whole pipeline folder (what :meth:`from_pretrained` and diffusers load), with this teacher's own
         denoiser weights: a student's copy saves as a pipeline its users can open."""
         folder = Path(folder)
+        from ..prompts import VOCABULARY_FILE
+
         self.parts.pipeline.save_pretrained(folder)
         self.model.save_pretrained(folder / self.component)
+        if self.vocabulary is not None:
+            (folder / VOCABULARY_FILE).write_text(json.dumps(self.vocabulary, indent=2))
         return folder
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, torch_dtype: torch.dtype | None = None,
                         prediction_type: str | None = None) -> TextToImageTeacher:
-        """Load a text-to-image pipeline folder with diffusers' own ``DiffusionPipeline.from_pretrained``."""
+        """Load a text-to-image pipeline folder with diffusers' own ``DiffusionPipeline.from_pretrained`` (and its
+        ``prompts.json``, when it has one)."""
         from diffusers import DiffusionPipeline
+
+        from ..prompts import VOCABULARY_FILE
 
         folder = Path(source)
         index = json.loads((folder / "model_index.json").read_text())
@@ -273,4 +291,5 @@ class TextToImageTeacher(DiffusersTeacher):
             pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, **no_checker)
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"could not load the pipeline in {folder}: {str(error).splitlines()[0]}") from error
-        return cls(pipeline, prediction_type)
+        vocabulary = folder / VOCABULARY_FILE
+        return cls(pipeline, prediction_type, json.loads(vocabulary.read_text()) if vocabulary.exists() else None)
