@@ -351,3 +351,29 @@ def test_distill_run_distils_the_guided_pipeline_from_its_prompts_and_judges_dec
     assert all(row["fd"] > 0 and 0 <= row["agreement"] <= 1 for row in rows)
     student = distill.load_student(report["student"])
     assert student.guidance_conditioned and student.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 1, 32, 32)
+
+
+def test_a_lora_student_of_the_pipeline_loads_with_diffusers_load_lora_weights(teacher, tmp_path):
+    """The adapter folder carries diffusers' own pipeline LoRA file: ``StableDiffusionPipeline.load_lora_weights``
+    puts the student's adapters on the user's pipeline UNet, which then computes the student's network (the gap
+    and guidance embeddings, outside the UNet, are what it does not carry)."""
+    from diffusers import StableDiffusionPipeline
+
+    from distill.lora import LoraSettings, add_lora
+
+    student = add_lora(distill.FlowMap.from_teacher(teacher), LoraSettings(rank=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in student.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    student.save_pretrained(tmp_path / "adapter")
+    pipe = StableDiffusionPipeline.from_pretrained(FOLDER)
+    pipe.load_lora_weights(tmp_path / "adapter")
+    x, timestep = noise_like(2, 4, 8, 8, seed=2), torch.tensor([700, 300])
+    states = teacher.encode_prompts(PROMPTS)
+    with torch.no_grad():
+        theirs = pipe.unet(x, timestep, encoder_hidden_states=states).sample
+        ours = student.base.model(x, timestep, encoder_hidden_states=states).sample
+        plain = teacher.model(x, timestep, encoder_hidden_states=states).sample
+    assert relative_error(theirs, ours) <= 1e-5 and relative_error(theirs, plain) > 1e-3

@@ -214,7 +214,8 @@ class TeacherFlowMap(FlowMap):
     def save_pretrained(self, folder: str | Path) -> Path:
         """The copied network in its teacher's format (``network/``) plus the gap (and guidance) embeddings; a LoRA
         student writes only PEFT's adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) beside its
-        embeddings, and ``student.json`` names the teacher it adapts."""
+        embeddings, and ``student.json`` names the teacher it adapts. A LoRA student of a text-to-image pipeline also
+        writes the pipeline's LoRA file (``pytorch_lora_weights.safetensors``: ``pipe.load_lora_weights``)."""
         import json
 
         from ..teachers.loading import INFO_FILE
@@ -224,6 +225,8 @@ class TeacherFlowMap(FlowMap):
         spec = {"kind": self.kind, "output": self.output_rule, **self.guidance_spec()}
         if self.lora is not None:  # adapters only: the teacher's weights stay where they are
             write_adapter(self.base.network, self.lora, folder)
+            if hasattr(self.base, "save_lora_weights"):  # a pipeline teacher: also diffusers' load_lora_weights file
+                self.base.save_lora_weights(folder, self.lora)
             spec = {**spec, "kind": "lora", "lora": self.lora.as_dict()}
         else:
             self.base.save_pretrained(folder / "network")

@@ -275,6 +275,18 @@ class TextToImageTeacher(DiffusersTeacher):
             (folder / VOCABULARY_FILE).write_text(json.dumps(self.vocabulary, indent=2))
         return folder
 
+    def save_lora_weights(self, folder: str | Path, settings) -> Path:
+        """The LoRA adapters injected into this teacher's denoiser (``distill.lora``) as diffusers' pipeline LoRA file
+        (``pytorch_lora_weights.safetensors``, written by the pipeline class's own ``save_lora_weights``), which
+        ``pipe.load_lora_weights(folder)`` loads onto the teacher's pipeline; ``settings``: their
+        ``LoraSettings`` (rank, alpha and targets ride in the file's metadata)."""
+        from peft import get_peft_model_state_dict
+
+        layers = {f"{self.component}_lora_layers": get_peft_model_state_dict(self.model),
+                  f"{self.component}_lora_adapter_metadata": settings.peft_config().to_dict()}
+        type(self.parts.pipeline).save_lora_weights(str(folder), **layers)
+        return Path(folder)
+
     @classmethod
     def from_pretrained(cls, source: str | Path, *, torch_dtype: torch.dtype | None = None,
                         prediction_type: str | None = None) -> TextToImageTeacher:
