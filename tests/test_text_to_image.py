@@ -377,3 +377,22 @@ def test_a_lora_student_of_the_pipeline_loads_with_diffusers_load_lora_weights(t
         ours = student.base.model(x, timestep, encoder_hidden_states=states).sample
         plain = teacher.model(x, timestep, encoder_hidden_states=states).sample
     assert relative_error(theirs, ours) <= 1e-5 and relative_error(theirs, plain) > 1e-3
+
+
+def test_broken_pipeline_folders_and_long_prompts(teacher, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    broken = tmp_path / "no-vae"
+    shutil.copytree(FOLDER, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ValueError, match=r"lacks vae/ \(model_index.json names a AutoencoderKL\)"):
+        distill.load_teacher(broken)
+    pipeline = teacher.parts.pipeline
+    other = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=3, block_out_channels=(8,),
+                          norm_num_groups=8)
+    with pytest.raises(ValueError, match="3-channel latents but the UNet2DConditionModel takes 4"):
+        TextToImageTeacher(type(pipeline)(**{**pipeline.components, "vae": other}))
+    long = teacher.encode_prompts([" ".join(["seven"] * 40)])  # truncated to the tokenizer's limit, as diffusers does
+    assert long.shape == teacher.encode_prompts(["seven"]).shape

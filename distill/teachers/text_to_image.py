@@ -195,6 +195,23 @@ class PipelineParts:
         return torch.cat(parts).to(latents.dtype)
 
 
+def check_components(folder: Path, index: dict) -> None:
+    """Every model component ``model_index.json`` names has its subfolder (diffusers' own error names none)."""
+    for name, spec in index.items():
+        if isinstance(spec, list) and spec[0] is not None and not (folder / name).is_dir():
+            raise ValueError(f"the pipeline folder {folder} lacks {name}/ (model_index.json names a {spec[1]}): copy "
+                             f"the pipeline's {name}/ folder back, or set \"{name}\": [null, null] to drop it")
+
+
+def check_latent_channels(vae, denoiser) -> None:
+    """The VAE's latents are what the denoiser takes (FLUX packs 2x2 latent patches into its channels)."""
+    latent = vae.config.latent_channels
+    expected = denoiser.config.in_channels // (4 if type(denoiser).__name__ == "FluxTransformer2DModel" else 1)
+    if latent != expected:
+        raise ValueError(f"the VAE makes {latent}-channel latents but the {type(denoiser).__name__} takes {expected}: "
+                         "the vae/ and the denoiser come from different pipelines; put back the pipeline's own VAE")
+
+
 def check_prompts(prompts) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts \
             or not all(isinstance(p, str) for p in prompts):
@@ -239,6 +256,7 @@ class TextToImageTeacher(DiffusersTeacher):
         if denoiser is None or type(denoiser).__name__ not in MODEL_ADAPTERS:
             raise ValueError(f"{type(pipeline).__name__} has no supported denoiser; supported model classes: "
                              f"{', '.join(MODEL_ADAPTERS)}")
+        check_latent_channels(pipeline.vae, denoiser)
         parts = PipelineParts(pipeline)
         super().__init__(denoiser, pipeline.scheduler, prediction_type)
         self.parts = parts
@@ -298,6 +316,7 @@ class TextToImageTeacher(DiffusersTeacher):
 
         folder = Path(source)
         index = json.loads((folder / "model_index.json").read_text())
+        check_components(folder, index)
         no_checker = {"safety_checker": None} if "safety_checker" in index else {}  # SD folders name one
         try:
             pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, **no_checker)
