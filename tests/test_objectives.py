@@ -261,6 +261,10 @@ def test_trajectory_jumps_draw_the_samplers_jumps_in_their_shares():
     assert objective.pairs(5)[1] is not None and TrajectoryDistillation(teacher, TrajectoryConfig()).pairs(5)[1] is None
     with pytest.raises(ValueError, match="jumps must be sampler lengths"):
         TrajectoryConfig(steps=16, stride=4, jumps=[3])
+    to_data = TrajectoryDistillation(teacher, TrajectoryConfig(steps=16, stride=4, to_data=True))
+    assert to_data.pairs(5)[0].tolist() == [[0, 1, 2, 3], [4, 4, 4, 4]]  # a consistency-form student: ends at t = 0
+    with pytest.raises(ValueError, match="leave jumps unset"):
+        TrajectoryConfig(steps=16, stride=4, jumps=[1], to_data=True)
 
 
 def test_multistep_trajectories_keep_the_states_of_one_solve(tmp_path, monkeypatch):

@@ -353,20 +353,26 @@ def test_distill_run_distils_the_guided_pipeline_from_its_prompts_and_judges_dec
     assert student.guidance_conditioned and student.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 1, 32, 32)
 
 
+def trained_looking_lora(student):
+    """Rank-4 adapters on ``student`` with non-zero B matrices (so they change the network)."""
+    from distill.lora import LoraSettings, add_lora
+
+    add_lora(student, LoraSettings(rank=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in student.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    return student
+
+
 def test_a_lora_student_of_the_pipeline_loads_with_diffusers_load_lora_weights(teacher, tmp_path):
     """The adapter folder carries diffusers' own pipeline LoRA file: ``StableDiffusionPipeline.load_lora_weights``
     puts the student's adapters on the user's pipeline UNet, which then computes the student's network (the gap
     and guidance embeddings, outside the UNet, are what it does not carry)."""
     from diffusers import StableDiffusionPipeline
 
-    from distill.lora import LoraSettings, add_lora
-
-    student = add_lora(distill.FlowMap.from_teacher(teacher), LoraSettings(rank=4))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in student.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
+    student = trained_looking_lora(distill.FlowMap.from_teacher(teacher))
     student.save_pretrained(tmp_path / "adapter")
     pipe = StableDiffusionPipeline.from_pretrained(FOLDER)
     pipe.load_lora_weights(tmp_path / "adapter")
@@ -396,3 +402,28 @@ def test_broken_pipeline_folders_and_long_prompts(teacher, tmp_path):
         TextToImageTeacher(type(pipeline)(**{**pipeline.components, "vae": other}))
     long = teacher.encode_prompts([" ".join(["seven"] * 40)])  # truncated to the tokenizer's limit, as diffusers does
     assert long.shape == teacher.encode_prompts(["seven"]).shape
+
+
+def test_a_consistency_form_lora_is_an_lcm_lora_for_the_users_own_pipeline(teacher, tmp_path):
+    """No gap embedding: the adapter is the whole student. One step of diffusers' own LCMScheduler on the user's
+    pipeline with the adapter loaded (guidance 1: the student carries its w) is the student's one-step sample."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    from distill.students import ConsistencyFormFlowMap
+
+    student = trained_looking_lora(ConsistencyFormFlowMap.from_teacher(teacher))
+    assert not student.gap_embeddings and student.hooked_modules
+    student.save_pretrained(tmp_path / "lcm")
+    assert not (tmp_path / "lcm" / "gap_embeddings.safetensors").exists()
+    loaded = distill.load_student(tmp_path / "lcm", teacher)
+    pipe = StableDiffusionPipeline.from_pretrained(FOLDER)
+    pipe.load_lora_weights(tmp_path / "lcm")
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    noise = noise_like(2, 4, 8, 8, seed=4)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, latents=noise.clone(), num_inference_steps=1, guidance_scale=1.0,
+                      output_type="latent").images
+    t = teacher.schedule.canonical_time(torch.tensor(999.0, dtype=torch.float64))  # LCMScheduler's one timestep
+    with torch.no_grad():
+        ours = loaded(canonical_start(teacher, noise, float(t)), float(t), 0.0, teacher.encode_prompts(PROMPTS))
+    assert relative_error(ours, theirs) <= 1e-4

@@ -156,7 +156,8 @@ class Evaluation:
     def student_rows(self, student, nfes=DEFAULT_NFE, name: str = "student", gamma: float = 0.0) -> list[EvalRow]:
         """A flow-map student from the evaluation noise, ``nfe`` jumps on the uniform grid (one call each)."""
         rows = []
-        cond = self.cond if self.guidance is None else with_scale(self.cond, self.guidance)
+        asks = self.guidance is not None and student.guidance_conditioned  # else w is baked into the student
+        cond = with_scale(self.cond, self.guidance) if asks else self.cond
         for nfe in nfes:
             start = time.perf_counter()
             x = sample(student, self.noise, steps=nfe, cond=cond, gamma=gamma,

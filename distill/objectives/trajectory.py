@@ -31,7 +31,8 @@ class TrajectoryConfig(DistillationConfig):
     learns jumps between kept times, so a K-step sampler needs ``steps / stride`` to be a multiple of K);
     ``jumps``: the sampler lengths whose jumps the regression draws, each length equally often and its K jumps of
     the uniform grid equally (``[1, 2, 4]``: the one-step jump a third of the time); unset, every pair of stored
-    times is drawn uniformly (the flow map between any two of them)."""
+    times is drawn uniformly (the flow map between any two of them). ``to_data``: every jump ends at ``t = 0``, from
+    each stored time uniformly (a consistency-form student's training: ``D(x_t, t) = x_0``)."""
 
     trajectories: int = 5000
     solver: str = "heun"
@@ -39,12 +40,15 @@ class TrajectoryConfig(DistillationConfig):
     stride: int = 4
     seed: int = 1234
     jumps: list[int] | None = None
+    to_data: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if self.steps % self.stride or self.trajectories < 1:
             raise ValueError(f"stride ({self.stride}) must divide steps ({self.steps}); trajectories must be >= 1")
         intervals = self.steps // self.stride
+        if self.to_data and self.jumps is not None:
+            raise ValueError("to_data draws jumps to t = 0 only: leave jumps unset")
         if self.jumps is not None and (not self.jumps or any(k < 1 or intervals % k for k in self.jumps)):
             raise ValueError(f"jumps must be sampler lengths that divide the {intervals} stored intervals "
                              f"(steps / stride), got {self.jumps}")
@@ -84,6 +88,8 @@ class TrajectoryDistillation(DistillationObjective):
     def pairs(self, count: int) -> tuple[Tensor, Tensor | None]:
         """The index pairs ``(i, j)``, i < j, that the regression draws [2, P], and their weights [P] (None: all
         pairs, uniformly)."""
+        if self.config.to_data:
+            return torch.stack([torch.arange(count - 1), torch.full((count - 1,), count - 1)]), None
         if self.config.jumps is None:
             return torch.triu_indices(count, count, offset=1), None
         starts, ends, weights = [], [], []

@@ -3,6 +3,7 @@ its teacher. A run folder holds the resolved config, checkpoints, the log, sampl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -167,7 +168,8 @@ def resolve_output_rule(config: DistillConfig, teacher) -> None:
     if config.student.kind not in ("from_teacher", "lora"):
         return
     config.student.output = output_rule(teacher, config.student.output)
-    changed = config.student.output != TeacherFlowMap.output_rule
+    reads = student_class(config.student.output).velocity_from_output
+    changed = reads is not TeacherFlowMap.velocity_from_output  # a new reading of the network's output
     config.objective = {"conversion_steps": CONVERSION_STEPS if changed else 0, **config.objective}
 
 
@@ -236,7 +238,10 @@ def run_distillation(config: DistillConfig, restart: bool = False) -> dict:
     student.save_pretrained(run_dir / "student")
     save_samples(sampler(student), run_dir / "samples.png", title=f"{config.name}: 2 steps")
     if config.eval.samples:
-        report["eval"] = evaluate_student(student, teacher, config.eval, run_dir, config.name)
+        fixed = objective.config.guidance
+        eval_config = config.eval if config.eval.guidance or not isinstance(fixed, (int, float)) else \
+            dataclasses.replace(config.eval, guidance=[float(fixed)])  # guidance baked in at one w: judged there
+        report["eval"] = evaluate_student(student, teacher, eval_config, run_dir, config.name)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -247,7 +252,7 @@ def evaluate_student(student, teacher, config: RunEvalConfig, out_dir: Path | No
     student, at each scale of ``config.guidance``); writes eval.json/.md/.png."""
     from ..evaluation.tables import Evaluation, markdown_table, plot_quality, report
 
-    scales: list = [None]
+    scales: list = config.guidance[:1] or [None]  # a student distilled at one fixed w: beside the teacher at w
     if student.guidance_conditioned:
         scales = config.guidance or student.info.guidance_range or [student.default_guidance]
     rows = []

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .base import STUDENT_FILE, FlowMap, jump_gains
+from .consistency_form import ConsistencyFormFlowMap
 from .outputs import DataFlowMap, PreconditionedFlowMap, VelocityFlowMap
 from .teacher_network import TeacherFlowMap
 from .two_time import TwoTimeFlowMap
@@ -19,12 +20,14 @@ OUTPUT_RULES: dict[str, type[TeacherFlowMap]] = {
     VelocityFlowMap.output_rule: VelocityFlowMap,
     DataFlowMap.output_rule: DataFlowMap,
     PreconditionedFlowMap.output_rule: PreconditionedFlowMap,
+    ConsistencyFormFlowMap.output_rule: ConsistencyFormFlowMap,
 }
 # student.json's kind -> how the folder is read
 FOLDER_KINDS = ("from_teacher", "lora", TwoTimeFlowMap.kind)
 
 __all__ = ["FlowMap", "TeacherFlowMap", "TwoTimeFlowMap", "VelocityFlowMap", "DataFlowMap", "PreconditionedFlowMap",
-           "OUTPUT_RULES", "STUDENT_FILE", "jump_gains", "load_model", "load_student", "student_class"]
+           "ConsistencyFormFlowMap", "OUTPUT_RULES", "STUDENT_FILE", "jump_gains", "load_model", "load_student",
+           "student_class"]
 
 
 def student_class(output_rule: str) -> type[TeacherFlowMap]:

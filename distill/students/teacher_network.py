@@ -95,6 +95,7 @@ class TeacherFlowMap(FlowMap):
 
     kind = "from_teacher"
     output_rule = "teacher"  # the name student.json and the config record (distill.students.OUTPUT_RULES)
+    embeds_gap = True  # False: X(x, t, s) is a DDIM step of the network's prediction (consistency_form.py)
 
     def __init__(self, teacher: NetworkTeacher):
         if not isinstance(teacher, NetworkTeacher):
@@ -106,7 +107,8 @@ class TeacherFlowMap(FlowMap):
         self.guidance_embeddings = nn.ModuleList()  # empty unless guidance-conditioned (add_guidance_embedding)
         self.lora: LoraSettings | None = None  # set by distill.lora.add_lora
         self.hooked_modules = [name for name, _ in _time_embedding_modules(teacher.network)]
-        self._hook_embeddings(self.gap_embeddings, GAP_SCALE)
+        if self.embeds_gap:
+            self._hook_embeddings(self.gap_embeddings, GAP_SCALE)
 
     @classmethod
     def from_teacher(cls, teacher: NetworkTeacher) -> TeacherFlowMap:
@@ -248,7 +250,8 @@ class TeacherFlowMap(FlowMap):
 
     def load_embeddings(self, folder: Path, spec: dict) -> None:
         """Read what :meth:`save_embeddings` wrote, adding the guidance embedding that ``spec`` records."""
-        load_weights(self.gap_embeddings, folder / GAP_WEIGHTS)
+        if self.embeds_gap:
+            load_weights(self.gap_embeddings, folder / GAP_WEIGHTS)
         if spec.get("guidance"):
             self.add_guidance_embedding(**spec["guidance"])
             load_weights(self.guidance_embeddings, folder / GUIDANCE_WEIGHTS)
