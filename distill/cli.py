@@ -163,7 +163,7 @@ def _eval(args: argparse.Namespace) -> dict:
     student = None if model is teacher else model  # a student is shown beside its teacher's solvers at the same NFE
     guidance = args.guidance if args.guidance is not None or student is None else student.default_guidance
     evaluation = Evaluation(teacher, samples=args.samples, seed=args.seed, data=args.data, progress=not args.quiet,
-                            guidance=guidance)  # a guidance-distilled student is judged at its default scale
+                            guidance=guidance, prompts=args.prompts)  # a guidance-distilled student: its default w
     teacher_name = str(args.model if student is None else student.info.teacher)
     rows = evaluation.side_by_side(student, args.solvers, args.nfe, teacher_name=teacher_name,
                                    student_name=str(args.model))
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance", type=float, default=None,
                           help="classifier-free guidance scale: the teacher guided at it, a guidance-distilled student "
                                "asked for it")
+    evaluate.add_argument("--prompts", default=None, help="a text-to-image model's prompt file to judge on (default: "
+                          "the held-out phrasings of its pipeline's prompts.json)")
     evaluate.add_argument("--plot", default="eval.png", help="PNG of quality versus NFE ('' for none)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     evaluate.set_defaults(run=_eval)

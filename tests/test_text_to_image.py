@@ -351,6 +351,11 @@ def test_distill_run_distils_the_guided_pipeline_from_its_prompts_and_judges_dec
     assert all(row["fd"] > 0 and 0 <= row["agreement"] <= 1 for row in rows)
     student = distill.load_student(report["student"])
     assert student.guidance_conditioned and student.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 1, 32, 32)
+    from distill.cli import main
+
+    (tmp_path / "mine.txt").write_text("a handwritten 3\n")
+    assert main(["eval", report["student"], "--samples", "6", "--nfe", "1", "--solvers", "euler", "--plot", "",
+                 "--quiet", "--prompts", str(tmp_path / "mine.txt")]) == 0  # no classes named: FD without agreement
 
 
 def trained_looking_lora(student):
