@@ -24,7 +24,9 @@ from distill.teachers import DiffusersTeacher
 
 from .conftest import tiny_unet
 
-NEW_RULES = [name for name in OUTPUT_RULES if name != TeacherFlowMap.output_rule]
+# the rules that re-read the network output (the consistency form keeps the teacher's, and its gain, on purpose)
+NEW_RULES = [name for name, rule in OUTPUT_RULES.items()
+             if rule.velocity_from_output is not TeacherFlowMap.velocity_from_output]
 
 
 def epsilon_teacher() -> DiffusersTeacher:
