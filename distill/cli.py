@@ -110,12 +110,29 @@ def _sample_onnx(args: argparse.Namespace) -> dict:
 def _export(args: argparse.Namespace) -> dict:
     from exporters.report import ExportConfig, export_student, markdown
 
+    if args.pipeline:
+        return _export_pipeline(args)
     config = ExportConfig(steps=tuple(args.steps), precisions=tuple(args.precision), graphs=tuple(args.graphs),
                           samples=args.samples, latency_batch=args.batch, threads=args.threads)
     report = export_student(args.model, args.out, config)
     if not args.json:
         print(markdown(report))
         print(f"\nmodels and report.json / report.md in {args.out}")
+    return report
+
+
+def _export_pipeline(args: argparse.Namespace) -> dict:
+    from exporters.pipeline import export_pipeline
+
+    from .students import load_student
+
+    report = export_pipeline(load_student(args.model), args.out, steps=tuple(args.steps), source=str(args.model))
+    if not args.json:
+        errors = ", ".join(f"{stage} {error:.1e}" for stage, error in report["stage_errors"].items())
+        print(f"pipeline -> {report['folder']}; relative errors: {errors}")
+        for row in report["rows"]:
+            print(f"  {row['steps']} steps, {report['prompts']} prompts: ONNX {row['onnx_ms']:.0f} ms, eager PyTorch "
+                  f"{row['eager_ms']:.0f} ms")
     return report
 
 
@@ -296,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--samples", type=int, default=500, help="samples for FD (0: skip)")
     export.add_argument("--batch", type=int, default=64, help="batch of the latency measurement")
     export.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime alike")
+    export.add_argument("--pipeline", action="store_true", help="a text-to-image student: the whole pipeline "
+                        "(text encoder, the student's jump, VAE decoder, tokenizer) in Optimum's ONNX layout")
     export.set_defaults(run=_export)
 
     def training_command(name: str, help: str, presets: str, example: str, run):

@@ -2,9 +2,9 @@
 
 Two graph kinds, both with a dynamic batch dimension:
 
-- ``sampler``: ``noise [B, ...] (+ class_labels [B]) -> sample [B, ...]``, the K-step time grid baked in: K jumps
-  ``x <- X(x, t_k, t_{k+1})`` from ``x = t_0 * noise`` (the same arithmetic as ``distill.sample(student, noise,
-  steps=K)``).
+- ``sampler``: ``noise [B, ...] (+ class_labels [B] or encoder_hidden_states [B, L, D]) -> sample [B, ...]``, the
+  K-step time grid baked in: K jumps ``x <- X(x, t_k, t_{k+1})`` from ``x = t_0 * noise`` (the same arithmetic as
+  ``distill.sample(student, noise, steps=K)``).
 - ``jump``: ``x [B, ...], t [B], s [B] (+ class_labels [B]) -> X(x, t, s)``, one jump between any two times.
 
 A student built on a teacher's network (``FlowMap.from_teacher``) converts canonical time to the network's own
@@ -170,6 +170,12 @@ def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[s
     classes = student.info.num_classes
     if classes:
         inputs["class_labels"] = torch.randint(0, classes, (batch,), generator=generator)
+    elif student.prompt_set("held_out") is not None:  # a text-to-image student: its prompts' text-encoder states
+        states = student.encode_prompts(student.prompt_set("held_out").prompts[:batch])
+        if isinstance(states, dict):
+            raise ValueError("ONNX export of a student conditioned on several tensors (SDXL, SD3, FLUX) is not "
+                             "supported yet; SD1.5-style pipelines (one encoder_hidden_states input) are")
+        inputs["encoder_hidden_states"] = states
     if student.guidance_conditioned:
         low, high = student.info.guidance_range or [student.default_guidance] * 2
         inputs["guidance"] = low + (high - low) * torch.rand(batch, generator=generator)
@@ -224,7 +230,7 @@ def _export(module: nn.Module, inputs: dict[str, Tensor], path: Path, config: On
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # not "torchvision is not installed" four times
     if config.exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1)
-        shapes = {name: {0: batch} for name in names}  # the input names are the graph's forward parameters
+        shapes = tuple({0: batch} for _ in names)  # positional: a condition input renames the forward's cond slot
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -45,6 +45,26 @@ def choose_providers(requested: list[str] | str | None = None) -> list[str]:
     return chosen
 
 
+def open_session(path: Path, providers: list[str] | str | None = None, threads: int | None = None):
+    """An ONNX Runtime session with every graph optimisation, errors only in its log; a one-line error for a file
+    that is missing or not a loadable model."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=choose_providers(providers))
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ValueError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]}); re-export it with "
+                         "`distill export`") from error
+
+
 class OnnxSampler:
     """An exported sampler (or jump) graph in an ONNX Runtime session.
 
@@ -55,22 +75,8 @@ class OnnxSampler:
     """
 
     def __init__(self, path: str | Path, providers: list[str] | str | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {path}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=choose_providers(providers))
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ValueError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]}); re-export it with "
-                             "`distill export`") from error
+        self.session = open_session(path, providers, threads)
         raw = self.session.get_modelmeta().custom_metadata_map
         if "graph" not in raw:
             raise ValueError(f"{path} carries no flow-map metadata; export it with `distill export`")
@@ -90,7 +96,8 @@ class OnnxSampler:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def _feeds(self, arrays: dict[str, np.ndarray], class_labels, guidance=None) -> dict[str, np.ndarray]:
+    def _feeds(self, arrays: dict[str, np.ndarray], class_labels, guidance=None,
+               encoder_hidden_states=None) -> dict[str, np.ndarray]:
         batch = len(next(iter(arrays.values())))
         for name, array in arrays.items():
             if name in ("noise", "x") and tuple(array.shape[1:]) != self.sample_shape:
@@ -104,7 +111,12 @@ class OnnxSampler:
             labels = np.broadcast_to(np.asarray(class_labels, dtype=np.int64), (batch,))
             feeds["class_labels"] = np.ascontiguousarray(labels)
         elif class_labels is not None:
-            raise ValueError("this model is unconditional: class_labels must be None")
+            raise ValueError("this model is not class-conditional: class_labels must be None")
+        if "encoder_hidden_states" in self.input_names:  # a text-to-image student: its text encoder's states
+            if encoder_hidden_states is None:
+                raise ValueError("this model is text-conditioned: pass encoder_hidden_states (exporters.runtime."
+                                 "OnnxTextToImage makes them from prompts)")
+            feeds["encoder_hidden_states"] = np.ascontiguousarray(encoder_hidden_states, dtype=np.float32)
         if "guidance" in self.input_names:  # a guidance-distilled student: the scale w is an input
             scale = self.metadata["guidance"]["default"] if guidance is None else guidance
             feeds["guidance"] = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32), (batch,)))
@@ -119,16 +131,18 @@ class OnnxSampler:
             raise ValueError(f"{self.path} is a {self.graph} graph; call .jump(x, t, s) or export a sampler")
         return self.session.run(None, self._feeds({"noise": noise}, class_labels, guidance))[0]
 
-    def jump(self, x: np.ndarray, t, s, class_labels=None, guidance=None) -> np.ndarray:
+    def jump(self, x: np.ndarray, t, s, class_labels=None, guidance=None, encoder_hidden_states=None) -> np.ndarray:
         """The jump graph: ``X(x, t, s)`` for canonical ``t >= s`` (numbers or [B])."""
         if self.graph != "jump":
             raise ValueError(f"{self.path} is a {self.graph} graph; call it on noise, or export a jump graph")
         batch = len(x)
         t = np.broadcast_to(np.asarray(t, dtype=np.float32), (batch,))
         s = np.broadcast_to(np.asarray(s, dtype=np.float32), (batch,))
-        return self.session.run(None, self._feeds({"x": x, "t": t, "s": s}, class_labels, guidance))[0]
+        feeds = self._feeds({"x": x, "t": t, "s": s}, class_labels, guidance, encoder_hidden_states)
+        return self.session.run(None, feeds)[0]
 
-    def generate(self, noise: np.ndarray, class_labels=None, steps: int = 1, guidance=None) -> np.ndarray:
+    def generate(self, noise: np.ndarray, class_labels=None, steps: int = 1, guidance=None,
+                 encoder_hidden_states=None) -> np.ndarray:
         """Samples from standard normal ``noise``: a sampler graph's baked grid, or ``steps`` uniform jumps of a jump
         graph from ``t_max`` to 0."""
         if self.graph == "sampler":
@@ -136,7 +150,7 @@ class OnnxSampler:
         times = np.linspace(self.metadata["t_max"], 0.0, steps + 1)
         x = noise * np.float32(times[0])
         for t, s in zip(times[:-1], times[1:]):
-            x = self.jump(x, t, s, class_labels, guidance)
+            x = self.jump(x, t, s, class_labels, guidance, encoder_hidden_states)
         return x
 
     def sample(self, n: int, seed: int = 0, class_labels=None, steps: int = 1, guidance=None) -> np.ndarray:
@@ -156,3 +170,57 @@ class OnnxSampler:
             run()
             times.append(time.perf_counter() - start)
         return float(np.median(times) * 1000)
+
+
+class OnnxTextToImage:
+    """A pipeline folder from ``distill export STUDENT --pipeline`` (``exporters.pipeline``): prompts -> images with
+    ``tokenizers``, onnxruntime and numpy.
+
+        pipe = OnnxTextToImage("export/pipeline")
+        images = pipe(["a handwritten seven"] * 4, steps=2, seed=0)   # [4, C, H, W] float32 in [-1, 1]
+    """
+
+    def __init__(self, folder: str | Path, providers: list[str] | str | None = None, threads: int | None = None):
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        for part in ("model_index.json", "tokenizer/tokenizer.json", "text_encoder/model.onnx", "unet/model.onnx",
+                     "vae_decoder/model.onnx", "vae_decoder/config.json"):
+            if not (folder / part).is_file():
+                raise FileNotFoundError(f"{folder} is not an exported pipeline: {part} is missing (distill export "
+                                        "STUDENT --pipeline writes one)")
+        self.folder = folder
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+        settings = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+        pad = settings.get("pad_token") or "<|endoftext|>"
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        length = int(settings["model_max_length"])
+        self.tokenizer.enable_truncation(length)  # longer prompts are cut to the encoder's limit, as diffusers does
+        self.tokenizer.enable_padding(length=length, pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)
+        self.text_encoder = open_session(folder / "text_encoder" / "model.onnx", providers, threads)
+        self.unet = OnnxSampler(folder / "unet" / "model.onnx", providers, threads)
+        self.vae_decoder = open_session(folder / "vae_decoder" / "model.onnx", providers, threads)
+        vae = json.loads((folder / "vae_decoder" / "config.json").read_text())
+        self.scaling_factor, self.shift_factor = float(vae["scaling_factor"]), float(vae.get("shift_factor") or 0.0)
+
+    def tokenize(self, prompts: list[str]) -> np.ndarray:
+        if isinstance(prompts, str) or not prompts:
+            raise TypeError("prompts must be a non-empty list of strings (wrap one prompt in a list)")
+        return np.array([encoding.ids for encoding in self.tokenizer.encode_batch(list(prompts))], dtype=np.int64)
+
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        return self.text_encoder.run(None, {"input_ids": self.tokenize(prompts)})[0]
+
+    def __call__(self, prompts: list[str], steps: int = 2, seed: int = 0, guidance=None,
+                 noise: np.ndarray | None = None) -> np.ndarray:
+        """Images for ``prompts``: ``steps`` flow-map jumps in latent space from standard normal ``noise`` (drawn
+        with ``seed`` unless given), decoded by the VAE. ``guidance``: the scale ``w`` of a guidance-distilled
+        student (default: the one it was exported with)."""
+        states = self.encode(prompts)
+        if noise is None:
+            noise = np.random.default_rng(seed).standard_normal((len(prompts), *self.unet.sample_shape),
+                                                                dtype=np.float32)
+        latents = self.unet.generate(noise, steps=steps, guidance=guidance, encoder_hidden_states=states)
+        latents = latents / np.float32(self.scaling_factor) + np.float32(self.shift_factor)
+        images = self.vae_decoder.run(None, {"latent_sample": latents.astype(np.float32)})[0]
+        return np.clip(images, -1.0, 1.0)

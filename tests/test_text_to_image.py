@@ -432,3 +432,35 @@ def test_a_consistency_form_lora_is_an_lcm_lora_for_the_users_own_pipeline(teach
     with torch.no_grad():
         ours = loaded(canonical_start(teacher, noise, float(t)), float(t), 0.0, teacher.encode_prompts(PROMPTS))
     assert relative_error(ours, theirs) <= 1e-4
+
+
+def test_the_pipeline_exports_to_onnx_and_runs_from_prompts_without_torch(teacher, tmp_path, capsys):
+    """``distill export STUDENT --pipeline``: Optimum's folder layout, every stage and the whole prompt -> image path
+    within 1e-4 of PyTorch (checked by the export itself), then run in a process that never imports torch."""
+    import subprocess
+    import sys
+
+    from distill.cli import main
+
+    student = trained_looking_lora(distill.FlowMap.from_teacher(teacher)).add_guidance_embedding(default=3.0)
+    student.info = teacher.info.replace(teacher="mnist-t2i")  # as distill run records it: the adapter's base
+    student.save_pretrained(tmp_path / "student")
+    out = tmp_path / "pipeline"
+    assert main(["export", str(tmp_path / "student"), "--pipeline", "--steps", "2", "--out", str(out)]) == 0
+    assert "relative errors: tokenizer 0.0e+00" in capsys.readouterr().out
+    for part in ("model_index.json", "text_encoder/model.onnx", "text_encoder/config.json", "unet/model.onnx",
+                 "unet/config.json", "vae_decoder/model.onnx", "vae_decoder/config.json", "tokenizer/tokenizer.json",
+                 "scheduler/scheduler_config.json"):
+        assert (out / part).is_file(), part
+    script = ("import sys\nfrom exporters.runtime import OnnxTextToImage\n"
+              f"pipe = OnnxTextToImage({str(out)!r})\n"
+              "images = pipe(['a handwritten seven', ' '.join(['seven'] * 40)], steps=2, seed=0)\n"
+              "assert images.shape == (2, 1, 32, 32) and 'torch' not in sys.modules, sorted(sys.modules)\n"
+              "print('ok')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
+    with pytest.raises(FileNotFoundError, match="unet/model.onnx is missing"):
+        (out / "unet" / "model.onnx").unlink()
+        from exporters.runtime import OnnxTextToImage
+
+        OnnxTextToImage(out)
