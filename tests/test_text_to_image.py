@@ -68,7 +68,7 @@ def test_guided_ddim_reproduces_the_stable_diffusion_pipeline(teacher, pipeline,
 
 def test_the_bundled_pipeline_draws_the_digits_its_prompts_name(teacher):
     """100 prompts, digits in turn, guidance 3, 12 DPM-Solver++ steps in latent space, decoded by the VAE: the
-    bundled ``mnist16`` classifier reads the named digit (its card: 83% on held-out phrasings at 25 DDIM steps)."""
+    bundled ``mnist16`` classifier reads the named digit (its card: 97% on held-out phrasings at 25 DDIM steps)."""
     from distill.evaluation.metrics import BundledClassifier, class_agreement
 
     words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -77,7 +77,7 @@ def test_the_bundled_pipeline_draws_the_digits_its_prompts_name(teacher):
     noise = torch.randn(100, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
     latents = distill.sample(guide(teacher, 3.0), noise, steps=12, solver="dpmpp2m", cond=cond)
     images = torch.nn.functional.avg_pool2d(teacher.decode(latents), 2)
-    assert class_agreement(BundledClassifier("mnist16").run(images)[1], digits) > 0.8
+    assert class_agreement(BundledClassifier("mnist16").run(images)[1], digits) > 0.9
 
 
 def test_the_empty_prompt_is_the_unconditional_branch(teacher, pipeline):
