@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .onnx import OnnxExportConfig, example_inputs, export_onnx, read_metadata
-from .quantize import PRECISIONS, QuantizeConfig, quantize_onnx
+from .quantize import PRECISIONS, QuantizeConfig, kernel_counts, quantize_onnx
 
 TOLERANCE = {name: precision.tolerance for name, precision in PRECISIONS.items()}  # quantize.Precision says why
 
@@ -211,9 +211,10 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
                                            "eager": lambda i=inputs, g=graph, k=steps: _reference(student, g, k, i)},
                                           config.repeats)
                 fd = None if evaluation is None else _artifact_fd(evaluation, runtime, graph, steps, path.stem)
+                kernels = kernel_counts(path)
                 artifacts.append(Artifact(str(path), graph, steps, precision, path.stat().st_size, max_abs, rel,
                                           round(latency["onnx"], 3), round(latency["eager"], 3), fd,
-                                          float_fd.get(steps)))
+                                          float_fd.get(steps), kernels["integer"], kernels["float"]))
                 _log("  " + _artifact_text(artifacts[-1]))
     report = {"model": str(model), "threads": threads, "latency_batch": config.latency_batch,
               "samples": config.samples, "artifacts": [asdict(a) for a in artifacts]}
@@ -237,22 +238,26 @@ class Artifact:
     eager_latency_ms: float
     fd: float | None
     float_fd: float | None
+    integer_ops: int  # convolutions and matrix products run as integer kernels after ORT's optimisations
+    float_ops: int  # ... and in float
 
 
 def _artifact_text(a: Artifact) -> str:
     fd = "" if a.fd is None else f", FD {a.fd:.4g} (float {a.float_fd:.4g})"
     return (f"{Path(a.path).name}: {a.bytes / 1e6:.2f} MB, rel err {a.rel_err:.2g}, {a.latency_ms:.1f} ms vs eager "
-            f"{a.eager_latency_ms:.1f} ms{fd}")
+            f"{a.eager_latency_ms:.1f} ms{fd}, {a.integer_ops} integer / {a.float_ops} float conv+matmul")
 
 
 def markdown(report: dict) -> str:
-    header = "| artifact | graph | steps | precision | MB | max abs err | rel err | ms | eager ms | FD | float FD |"
-    lines = [f"Batch {report['latency_batch']}, {report['threads']} thread(s); FD over {report['samples']} samples.",
-             "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| artifact | graph | steps | precision | MB | max abs err | rel err | ms | eager ms | FD | float FD | "
+              "int / float ops |")
+    lines = [f"Batch {report['latency_batch']}, {report['threads']} thread(s); FD over {report['samples']} samples; "
+             "int / float ops: convolutions and matrix products as integer or float kernels after ONNX Runtime's "
+             "optimisations.", "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
         fd = "–" if a["fd"] is None else f"{a['fd']:.4g}"
         float_fd = "–" if a["float_fd"] is None else f"{a['float_fd']:.4g}"
         lines.append(f"| {Path(a['path']).name} | {a['graph']} | {a['steps']} | {a['precision']} | "
                      f"{a['bytes'] / 1e6:.2f} | {a['max_abs_err']:.2g} | {a['rel_err']:.2g} | {a['latency_ms']:.1f} | "
-                     f"{a['eager_latency_ms']:.1f} | {fd} | {float_fd} |")
+                     f"{a['eager_latency_ms']:.1f} | {fd} | {float_fd} | {a['integer_ops']} / {a['float_ops']} |")
     return "\n".join(lines)

@@ -116,6 +116,20 @@ def test_lower_precisions_stay_close(exported, tmp_path, name, precision, tolera
     assert 0 < rel < tolerance, (max_abs, rel)
 
 
+@pytest.mark.parametrize("activation_type", ["uint8", "int8"])
+def test_uint8_activations_run_every_convolution_as_an_integer_kernel(exported, tmp_path, activation_type):
+    """On ONNX Runtime's CPU provider a QDQ convolution fuses into QLinearConv with uint8 activations; with int8
+    ones, those whose input feeds several consumers stay float between their Q/DQ pairs."""
+    from exporters.quantize import kernel_counts
+
+    student, path = exported["unet-preconditioned", "sampler"]
+    config = QuantizeConfig(precision="int8", activation_type=activation_type)
+    counts = kernel_counts(quantize_onnx(path, tmp_path / "int8.onnx", config, calibration_feeds("unet")))
+    assert counts["integer"] > 0
+    if activation_type == "uint8":
+        assert counts["float"] == 0, counts
+
+
 def test_int8_sampler_keeps_error_amplifying_steps_in_float(tmp_path):
     """An epsilon network's first jump from t_max multiplies its output error by ~(t - s) / (1 - t): that step runs
     on a float copy of the network, the others are quantised (QDQ nodes present), and the result is far closer to
@@ -188,12 +202,15 @@ def test_export_command_writes_models_and_report(tmp_path, capsys):
                  "sampler,jump", "--samples", "0", "--batch", "4", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     keys = {"path", "graph", "steps", "precision", "bytes", "max_abs_err", "rel_err", "latency_ms",
-            "eager_latency_ms", "fd", "float_fd"}
+            "eager_latency_ms", "fd", "float_fd", "integer_ops", "float_ops"}
     assert [(a["graph"], a["precision"]) for a in report["artifacts"]] == [
         ("sampler", "fp32"), ("sampler", "int8"), ("jump", "fp32"), ("jump", "int8")]
     for artifact in report["artifacts"]:
         assert keys <= set(artifact) and artifact["bytes"] > 0 and artifact["latency_ms"] > 0
     assert report["artifacts"][0]["rel_err"] < 1e-4
+    fp32_jump, int8_jump = report["artifacts"][2:]
+    assert fp32_jump["integer_ops"] == 0 < fp32_jump["float_ops"]
+    assert int8_jump["integer_ops"] > 0 and int8_jump["float_ops"] < fp32_jump["float_ops"]
     assert (out / "report.md").read_text().startswith("Batch 4")
     assert main(["sample", report["artifacts"][0]["path"], "--n", "4", "--out", str(tmp_path / "s.npz"),
                  "--json"]) == 0
