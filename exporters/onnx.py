@@ -170,8 +170,8 @@ def example_inputs(student, graph: str, batch: int = 2, seed: int = 0) -> dict[s
     classes = student.info.num_classes
     if classes:
         inputs["class_labels"] = torch.randint(0, classes, (batch,), generator=generator)
-    elif student.prompt_set("held_out") is not None:  # a text-to-image student: its prompts' text-encoder states
-        states = student.encode_prompts(student.prompt_set("held_out").prompts[:batch])
+    elif (prompts := student.prompt_set("held_out")) is not None:  # a text-to-image student: its text states
+        states = student.encode_prompts(prompts.prompts[:batch])
         if isinstance(states, dict):
             raise ValueError("ONNX export of a student conditioned on several tensors (SDXL, SD3, FLUX) is not "
                              "supported yet; SD1.5-style pipelines (one encoder_hidden_states input) are")
@@ -242,11 +242,17 @@ def _export(module: nn.Module, inputs: dict[str, Tensor], path: Path, config: On
             print(f"exporters: the dynamo exporter failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
                   "falling back to the TorchScript exporter", file=sys.stderr)
             warnings.warn(f"dynamo ONNX export failed, used the TorchScript exporter: {error}", stacklevel=2)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=config.opset, input_names=names,
-                          output_names=output, dynamic_axes={name: {0: "batch"} for name in names + output})
+    torchscript_export(module, inputs, path, output[0], config.opset)
     return "torchscript"
+
+
+def torchscript_export(module: nn.Module, inputs: dict[str, Tensor], path: Path, output: str, opset: int = 18) -> None:
+    """The TorchScript exporter, every input and the output with a dynamic batch dimension."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape checks inside diffusers and transformers
+        torch.onnx.export(module, tuple(inputs.values()), str(path), dynamo=False, opset_version=opset,
+                          input_names=list(inputs), output_names=[output],
+                          dynamic_axes={name: {0: "batch"} for name in [*inputs, output]})
 
 
 # --- metadata -------------------------------------------------------------------------------------------------

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
-import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .onnx import OnnxExportConfig, export_onnx
+from .onnx import OnnxExportConfig, export_onnx, torchscript_export
+from .report import side_by_side_ms
 
 TOLERANCE = 1e-4  # relative error of every stage and of the whole pipeline, fp32
 
@@ -61,11 +59,7 @@ def relative_error(ours, reference) -> float:
 
 def _export_module(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shape checks inside diffusers and transformers
-        torch.onnx.export(module.eval(), tuple(inputs.values()), str(path), dynamo=False, opset_version=18,
-                          input_names=list(inputs), output_names=[output],
-                          dynamic_axes={name: {0: "batch"} for name in [*inputs, output]})
+    torchscript_export(module.eval(), inputs, path, output)
 
 
 def export_pipeline(student, folder: str | Path, steps: list[int] | tuple[int, ...] = (1, 2, 4), batch: int = 8,
@@ -73,7 +67,9 @@ def export_pipeline(student, folder: str | Path, steps: list[int] | tuple[int, .
     """Write the pipeline folder for a text-to-image ``student``, then check it: each stage on the same inputs, and
     prompts -> images end to end at each of ``steps`` from the same noise, with the latency of the whole pipeline
     beside eager PyTorch. A stage over :data:`TOLERANCE` fails with a one-line error. Returns the report."""
-    from exporters.runtime import OnnxTextToImage
+    from distill.solvers import time_grid
+
+    from .runtime import OnnxTextToImage
 
     parts = getattr(getattr(student, "base", None), "parts", None)
     if parts is None or parts.family not in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline"):
@@ -83,7 +79,7 @@ def export_pipeline(student, folder: str | Path, steps: list[int] | tuple[int, .
     shutil.rmtree(folder, ignore_errors=True)
     student = student.merged().eval().requires_grad_(False)
     metadata = export_onnx(student, folder / "unet" / "model.onnx", OnnxExportConfig(graph="jump"), source)
-    grids = {str(k): [float(t) for t in torch.linspace(student.t_max, 0.0, k + 1)] for k in steps}
+    grids = {str(k): time_grid(student, k).tolist() for k in steps}
     (folder / "unet" / "config.json").write_text(json.dumps({**metadata, "grids": grids}, indent=2))
 
     prompts = student.prompt_set("held_out").prompts[:batch]
@@ -139,18 +135,10 @@ def check_pipeline(student, runtime, prompts: list[str], ids: torch.Tensor, late
 
     rows = []
     for k in steps:
-        reference, images = eager(k), runtime(prompts, steps=k, noise=noise.numpy())
-        error = relative_error(images, reference)
-        onnx_s, eager_s = [], []
-        for _ in range(3):
-            start = time.perf_counter()
-            runtime(prompts, steps=k, noise=noise.numpy())
-            middle = time.perf_counter()
-            eager(k)
-            onnx_s.append(middle - start)
-            eager_s.append(time.perf_counter() - middle)
-        rows.append({"steps": k, "rel_err": error, "onnx_ms": 1000 * statistics.median(onnx_s),
-                     "eager_ms": 1000 * statistics.median(eager_s)})
+        error = relative_error(runtime(prompts, steps=k, noise=noise.numpy()), eager(k))
+        ms = side_by_side_ms({"onnx": lambda k=k: runtime(prompts, steps=k, noise=noise.numpy()),
+                              "eager": lambda k=k: eager(k)}, repeats=3)
+        rows.append({"steps": k, "rel_err": error, "onnx_ms": ms["onnx"], "eager_ms": ms["eager"]})
     errors["unet (end to end)"] = max(row["rel_err"] for row in rows)
     failed = {stage: e for stage, e in errors.items() if e > TOLERANCE}
     if failed:

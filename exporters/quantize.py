@@ -183,15 +183,13 @@ def kernel_counts(path: str | Path) -> dict[str, int]:
     import collections
 
     import onnx
-    import onnxruntime as ort
+
+    from .runtime import open_session
 
     with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        ops = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+        optimized = Path(folder) / "optimized.onnx"
+        open_session(Path(path), "cpu", optimized_path=optimized)
+        ops = collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
     return {"integer": sum(ops[op] for op in INTEGER_KERNELS), "float": sum(ops[op] for op in FLOAT_KERNELS)}
 
 

@@ -45,9 +45,10 @@ def choose_providers(requested: list[str] | str | None = None) -> list[str]:
     return chosen
 
 
-def open_session(path: Path, providers: list[str] | str | None = None, threads: int | None = None):
+def open_session(path: Path, providers: list[str] | str | None = None, threads: int | None = None,
+                 optimized_path: Path | None = None):
     """An ONNX Runtime session with every graph optimisation, errors only in its log; a one-line error for a file
-    that is missing or not a loadable model."""
+    that is missing or not a loadable model. ``optimized_path``: where to write the graph as optimised."""
     import onnxruntime as ort
 
     if not path.is_file():
@@ -55,6 +56,8 @@ def open_session(path: Path, providers: list[str] | str | None = None, threads: 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
