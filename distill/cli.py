@@ -23,7 +23,7 @@ def _teachers(args: argparse.Namespace) -> dict:
 def _sample(args: argparse.Namespace) -> dict:
     from .evaluation.tables import save_samples
 
-    if args.model.endswith(".onnx"):
+    if args.model.endswith((".onnx", ".xml")):
         return _sample_onnx(args)
     from .conditions import with_scale
     from .data import class_cycle
@@ -81,14 +81,15 @@ def _prompt_cycle(args: argparse.Namespace, n: int) -> list[str]:
 
 
 def _sample_onnx(args: argparse.Namespace) -> dict:
-    """``distill sample MODEL.onnx``: the exported graph in ONNX Runtime (``exporters.runtime``, no PyTorch)."""
+    """``distill sample MODEL.onnx``: the exported graph in ONNX Runtime or OpenVINO (``exporters.runtime``, no
+    PyTorch)."""
     from exporters.runtime import OnnxSampler
 
     from .data import class_cycle
     from .evaluation.tables import save_samples
     from .model_info import ModelInfo
 
-    runtime = OnnxSampler(args.model, providers=args.providers)
+    runtime = OnnxSampler(args.model, providers=args.providers, backend=args.runtime)
     # a class-conditional model: every class in turn
     labels = class_cycle(ModelInfo(num_classes=runtime.metadata.get("num_classes")), args.n)
     if args.class_label is not None:
@@ -113,7 +114,8 @@ def _export(args: argparse.Namespace) -> dict:
     if args.pipeline:
         return _export_pipeline(args)
     config = ExportConfig(steps=tuple(args.steps), precisions=tuple(args.precision), graphs=tuple(args.graphs),
-                          samples=args.samples, latency_batch=args.batch, threads=args.threads)
+                          samples=args.samples, latency_batch=args.batch, threads=args.threads,
+                          runtimes=tuple(args.runtime))
     report = export_student(args.model, args.out, config)
     if not args.json:
         print(markdown(report))
@@ -285,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     sample.add_argument("--providers", default=None, help="ONNX Runtime providers for a .onnx model, e.g. cuda,cpu")
+    sample.add_argument("--runtime", default=None, choices=["onnxruntime", "openvino"],
+                        help="runtime for a .onnx model (default onnxruntime; an OpenVINO .xml runs in openvino)")
     sample.set_defaults(run=_sample)
 
     evaluate = commands.add_parser("eval", help="quality versus NFE: a teacher's solvers, or a student beside them")
@@ -309,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", type=_name_list, default=["fp32", "fp16", "int8"],
                         help="fp32, fp16, int8 (static QDQ), int8-dynamic, int8-mixed")
     export.add_argument("--graphs", type=_name_list, default=["sampler"], help="sampler and/or jump")
+    export.add_argument("--runtime", type=_name_list, default=["onnxruntime"],
+                        help="onnxruntime and/or openvino (fp32 and NNCF int8, bf16 where the CPU has it)")
     export.add_argument("--out", default="export", help="output folder")
     export.add_argument("--samples", type=int, default=500, help="samples for FD (0: skip)")
     export.add_argument("--batch", type=int, default=64, help="batch of the latency measurement")

@@ -204,6 +204,7 @@ def export_onnx(student, path: str | Path, config: OnnxExportConfig | None = Non
     names = list(inputs)
     large = sum(p.numel() * p.element_size() for p in student.parameters()) > TWO_GIB
     exporter = _export(module, inputs, path, config, large)
+    share_equal_initializers(path)
     metadata = {
         "format": "distill flow-map student", "convention": CONVENTION, "graph": config.graph,
         "steps": config.steps if config.graph == "sampler" else None,
@@ -253,6 +254,46 @@ def torchscript_export(module: nn.Module, inputs: dict[str, Tensor], path: Path,
         torch.onnx.export(module, tuple(inputs.values()), str(path), dynamo=False, opset_version=opset,
                           input_names=list(inputs), output_names=[output],
                           dynamic_axes={name: {0: "batch"} for name in [*inputs, output]})
+
+
+def share_equal_initializers(path: str | Path) -> int:
+    """Store every initializer once: the exporter folds a transposed copy of a weight for each call of the module, so
+    a K-step sampler held K copies of some weights. Nodes read the first of a set of equal tensors (same dtype,
+    shape and bytes); returns the bytes saved."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        return 0  # weights in a .data file (above 2 GiB): left as the exporter wrote them
+    first, rename, saved = {}, {}, 0
+    for tensor in graph.initializer:
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(numpy_helper.to_array(tensor).tobytes()).digest())
+        if key in first:
+            rename[tensor.name] = first[key]
+            saved += tensor.ByteSize()
+        else:
+            first[key] = tensor.name
+    if not rename:
+        return 0
+    _rename_inputs(graph, rename)
+    kept = [t for t in graph.initializer if t.name not in rename]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(path))
+    return saved
+
+
+def _rename_inputs(graph, rename: dict[str, str]) -> None:
+    """Point every node input (in subgraphs too) named in ``rename`` at its new name."""
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                _rename_inputs(subgraph, rename)
 
 
 # --- metadata -------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ One verb per runtime, each with a config (torchao's ``quantize_(model, Config())
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,10 +62,14 @@ class QuantizeConfig:
         per_channel: per-output-channel weight scales (static int8).
         activation_type: static int8's activation type, ``uint8`` or ``int8``. On x86, ONNX Runtime fuses a
             QDQ convolution into ``QLinearConv`` only with uint8 activations (its S8->U8 rewrite misses a Q with
-            several consumers): on the mnist-flow UNet's 2-step sampler, uint8 fuses 100 of 100 convolutions and
-            runs at 0.76x fp32's latency (batch 64, one thread), int8 fuses 74 and runs at 0.89x
-            (:func:`kernel_counts` counts them). But uint8's relative error there was 5.5% against int8's 1.4%, so
-            int8 stays the default until the uint8 error is understood (issue 16).
+            several consumers): on the mnist-flow UNet's 2-step sampler, uint8 fuses 100 of 100 convolutions, int8
+            74 (:func:`kernel_counts` counts them).
+        reduce_range: 7-bit weights. x86 CPUs without VNNI multiply uint8 by int8 with ``vpmaddubsw``, whose int16
+            pair sums saturate with full-range weights: on an AVX2 CPU the mnist-flow sampler's relative error was
+            5.5% without it and 1.4% with it (as int8 activations give), at the same speed.
+        activation_products: also quantise the products of two activations (attention's ``Q K^T`` and
+            ``softmax V``). Off: they and the softmax between them stay float, which measured faster (ONNX Runtime's
+            QLinearSoftmax costs 5x the float one) at the same error.
         keep_float_share: ``int8-mixed``: share of the quantised operators kept in float, least faithful first.
         max_gain: int8 sampler steps whose jump amplifies the network's output error by more than this
             (``exporters.onnx.step_gains``) run on a float copy of the network.
@@ -73,7 +78,9 @@ class QuantizeConfig:
     precision: str = "int8"
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     per_channel: bool = True
-    activation_type: str = "int8"
+    activation_type: str = "uint8"
+    reduce_range: bool = True
+    activation_products: bool = False
     keep_float_share: float = 0.1
     max_gain: float = 4.0
 
@@ -130,11 +137,51 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantizeConfig,
             if config.precision == "int8-dynamic":
                 _to_int8_dynamic(pre, dst, config, exclude)
             else:
+                if not config.activation_products:
+                    exclude += _activation_products(pre)
                 if config.precision == "int8-mixed":
                     exclude += _least_faithful(pre, feeds, config, exclude)
                 _to_int8_static(pre, dst, config, feeds, exclude)
+        compact(dst)
     metadata = read_metadata(src) | {"precision": config.precision}
     write_metadata(dst, metadata)
+    return dst
+
+
+def quantize_openvino(src: str | Path, dst: str | Path, calibration: Iterable[dict[str, np.ndarray]]) -> Path:
+    """Write ``src`` (an fp32 model from ``exporters.onnx``) as an OpenVINO IR (``dst``: ``.xml`` beside its ``.bin``)
+    quantised to int8 by NNCF's post-training quantisation on the ``calibration`` inputs (the same ones ONNX Runtime's
+    static int8 reads); the metadata is carried over with ``precision`` int8. Every step is quantised: for a student
+    whose jumps amplify output errors (``QuantizeConfig.max_gain``) use ONNX Runtime's int8, which keeps those
+    steps in float."""
+    import contextlib
+    import sys
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout stays the caller's (--json)
+            import nncf
+            import openvino
+    except ImportError as error:
+        raise ValueError("OpenVINO int8 needs OpenVINO and NNCF: pip install 'distill[openvino]'") from error
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"no ONNX model at {src}")
+    if dst.suffix != ".xml":
+        raise ValueError(f"an OpenVINO model is written as .xml (+ .bin), got {dst.name}")
+    feeds = list(calibration)
+    if not feeds:
+        raise ValueError("OpenVINO int8 needs calibration inputs (a list of input dicts)")
+    model = openvino.Core().read_model(str(src))
+    # subset: batches, not examples. MIXED: asymmetric activations, as ONNX Runtime's int8. TRANSFORMER: NNCF's
+    # pattern set that leaves the residual additions and attention's elementwise glue in float; on the quickstart
+    # student's 1-step sampler the relative error was 3.5% with it and 13.8% with the default (convolution-network)
+    # patterns, which quantise every elementwise input too.
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds),
+                                  preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER)
+    quantized.set_rt_info(json.dumps("int8"), ["framework", "precision"])
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    openvino.save_model(quantized, str(dst), compress_to_fp16=False)
     return dst
 
 
@@ -162,6 +209,7 @@ def _to_int8_dynamic(pre: Path, dst: Path, config: QuantizeConfig, exclude: list
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(config.op_types),
+                     reduce_range=config.reduce_range,
                      per_channel=config.per_channel, nodes_to_exclude=exclude)
 
 
@@ -173,15 +221,46 @@ def _to_int8_static(pre: Path, dst: Path, config: QuantizeConfig, feeds: list[di
     activation = QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8
     quantize_static(str(pre), str(dst), _reader(feeds), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
-                    activation_type=activation, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    reduce_range=config.reduce_range, activation_type=activation, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
-def kernel_counts(path: str | Path) -> dict[str, int]:
-    """How many convolutions and matrix products run as integer kernels and how many in float once ONNX Runtime's
-    CPU session has optimised ``path`` (what really runs, not what the file's Q/DQ nodes promise)."""
-    import collections
+def _activation_products(pre: Path) -> list[str]:
+    """Names of the matrix products none of whose inputs is a weight (attention's ``Q K^T`` and ``softmax V``)."""
+    import onnx
 
+    graph = onnx.load(str(pre)).graph
+    weights = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights.intersection(n.input)]
+
+
+def compact(path: str | Path) -> None:
+    """Shorten a lowered model's tensor and node names and drop its shape annotations: the quantiser's names
+    (``<weight>_quantized_scale``, ...) were a third of an int8 UNet's bytes. Inputs and outputs keep their names."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept = {v.name for v in [*graph.input, *graph.output]} | {""}
+    short = {}
+
+    def rename(name: str) -> str:
+        return name if name in kept else short.setdefault(name, f"v{len(short)}")
+
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for k, node in enumerate(graph.node):
+        node.name = f"n{k}"
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+    del graph.value_info[:]
+    onnx.save(model, str(path))
+
+
+def kernel_counts(path: str | Path) -> dict[str, int]:
+    """How many convolutions and matrix products with weights run as integer kernels and how many in float once ONNX
+    Runtime's CPU session has optimised ``path`` (what really runs, not what the file's Q/DQ nodes promise)."""
     import onnx
 
     from .runtime import open_session
@@ -189,8 +268,11 @@ def kernel_counts(path: str | Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as folder:
         optimized = Path(folder) / "optimized.onnx"
         open_session(Path(path), "cpu", optimized_path=optimized)
-        ops = collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
-    return {"integer": sum(ops[op] for op in INTEGER_KERNELS), "float": sum(ops[op] for op in FLOAT_KERNELS)}
+        graph = onnx.load(str(optimized)).graph
+    weights = {t.name for t in graph.initializer}
+    weighted = [n.op_type for n in graph.node if weights.intersection(n.input)]
+    return {"integer": sum(op in INTEGER_KERNELS for op in weighted),
+            "float": sum(op in FLOAT_KERNELS for op in weighted)}
 
 
 def _separate_float_copy(src: Path, dst: Path) -> list[str]:

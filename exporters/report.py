@@ -8,6 +8,7 @@ student's on the same noise. A parity failure raises :class:`ParityError`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -18,9 +19,12 @@ import numpy as np
 import torch
 
 from .onnx import OnnxExportConfig, example_inputs, export_onnx, read_metadata
-from .quantize import PRECISIONS, QuantizeConfig, kernel_counts, quantize_onnx
+from .quantize import PRECISIONS, QuantizeConfig, kernel_counts, quantize_onnx, quantize_openvino
 
-TOLERANCE = {name: precision.tolerance for name, precision in PRECISIONS.items()}  # quantize.Precision says why
+TOLERANCE = {name: precision.tolerance for name, precision in PRECISIONS.items()} | {"bf16": 0.1}  # see Precision
+# What each runtime can run: ONNX Runtime the files quantize_onnx writes; OpenVINO the fp32 file (strict f32, or
+# bf16 as an inference setting where the CPU has bf16 instructions) and NNCF's int8 IR.
+RUNTIME_PRECISIONS = {"onnxruntime": tuple(PRECISIONS), "openvino": ("fp32", "int8", "bf16")}
 
 
 class ParityError(ValueError):
@@ -62,11 +66,16 @@ class ExportConfig:
     tolerance: dict[str, float] = field(default_factory=lambda: dict(TOLERANCE))
     max_gain: float = 4.0
     exporter: str = "dynamo"
+    runtimes: tuple[str, ...] = ("onnxruntime",)
 
     def __post_init__(self):
-        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        known = sorted({p for names in RUNTIME_PRECISIONS.values() for p in names})
+        unknown = [p for p in self.precisions if p not in known]
         if unknown:
-            raise ValueError(f"unknown precision {unknown[0]!r}; use any of {', '.join(PRECISIONS)}")
+            raise ValueError(f"unknown precision {unknown[0]!r}; use any of {', '.join(known)}")
+        unknown = [r for r in self.runtimes if r not in RUNTIME_PRECISIONS]
+        if unknown:
+            raise ValueError(f"unknown runtime {unknown[0]!r}; use any of {', '.join(RUNTIME_PRECISIONS)}")
 
 
 def _log(message: str) -> None:
@@ -152,8 +161,7 @@ def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantiz
 
     from .onnx import step_gains
 
-    calibration = [{k: v.numpy() for k, v in example_inputs(student, graph, config.latency_batch, 100 + i).items()}
-                   for i in range(config.calibration)]
+    calibration = _calibration(student, graph, config)
     float_steps = ()
     if quantize.precision.startswith("int8") and graph == "sampler":
         gains = step_gains(student, time_grid(student, steps))
@@ -170,13 +178,54 @@ def _lower(student, graph: str, steps: int, fp32_path: Path, path: Path, quantiz
         quantize_onnx(source, path, quantize, calibration)
 
 
+def _runtime_model(student, graph: str, steps: int, fp32_path: Path, runtime: str, precision: str,
+                   config: ExportConfig) -> tuple[dict | None, str | None]:
+    """``OnnxSampler`` arguments for one (runtime, precision) of a graph, writing its file when it is lowered, or
+    ``(None, reason)`` where this machine has no kernels that would pay for it."""
+    import platform
+
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        return None, f"{runtime} has no {precision} path here"
+    if runtime == "onnxruntime":
+        if precision == "fp32":
+            return {"path": fp32_path}, None
+        if precision == "fp16" and platform.machine().lower() in ("x86_64", "amd64") and not _gpu_provider():
+            return None, ("ONNX Runtime's x86 CPU provider has no fp16 kernels (it casts around every operator, "
+                          "slower than fp32); fp16 is for GPU providers")
+        path = fp32_path.with_name(fp32_path.name.replace("fp32", precision))
+        _lower(student, graph, steps, fp32_path, path, QuantizeConfig(precision, max_gain=config.max_gain), config)
+        return {"path": path}, None
+    if not importlib.util.find_spec("openvino"):
+        raise ValueError("--runtime openvino needs OpenVINO and NNCF: pip install 'distill[openvino]'")
+    if precision == "int8":
+        path = fp32_path.with_name(fp32_path.name.replace("fp32", "int8")).with_suffix(".openvino.xml")
+        quantize_openvino(fp32_path, path, _calibration(student, graph, config))
+        return {"path": path, "backend": "openvino"}, None
+    if precision == "bf16":
+        import openvino
+
+        if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return None, "this CPU has no bf16 instructions (AVX512-BF16 / AMX): OpenVINO would run bf16 in float32"
+    return {"path": fp32_path, "backend": "openvino", "inference_precision": precision}, None
+
+
+def _gpu_provider() -> bool:
+    from .runtime import choose_providers
+
+    return choose_providers()[0] != "CPUExecutionProvider"
+
+
+def _calibration(student, graph: str, config: ExportConfig) -> list[dict[str, np.ndarray]]:
+    """The int8 calibration inputs, the same for every runtime: ``config.calibration`` batches of the graph's inputs."""
+    return [{k: v.numpy() for k, v in example_inputs(student, graph, config.latency_batch, 100 + i).items()}
+            for i in range(config.calibration)]
+
+
 def export_student(model: str | Path, out: str | Path, config: ExportConfig | None = None) -> dict:
     """Export the student folder ``model`` into ``out`` and measure every artifact; returns the export report
     (also written to ``out/report.json`` and ``out/report.md``)."""
     from distill.evaluation.tables import Evaluation
     from distill.students import FlowMap, load_model
-
-    from .runtime import OnnxSampler
 
     config = config or ExportConfig()
     out = Path(out)
@@ -189,7 +238,7 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
     torch.set_num_threads(threads)
     evaluation = Evaluation(teacher, samples=config.samples, progress=False) if teacher and config.samples else None
     float_fd = {}
-    artifacts = []
+    artifacts, skipped = [], []
     for graph in config.graphs:
         for steps in (config.steps if graph == "sampler" else (1,)):
             fp32_path = out / f"{graph}-{steps}step-fp32.onnx" if graph == "sampler" else out / "jump-fp32.onnx"
@@ -198,29 +247,73 @@ def export_student(model: str | Path, out: str | Path, config: ExportConfig | No
                         source=str(model))
             if evaluation is not None and steps not in float_fd:
                 float_fd[steps] = evaluation.student_rows(student, [steps])[0].fd
-            for precision in config.precisions:
-                path = fp32_path.with_name(fp32_path.name.replace("fp32", precision))
-                if precision != "fp32":
-                    _lower(student, graph, steps, fp32_path, path, QuantizeConfig(precision, max_gain=config.max_gain),
-                           config)
-                runtime = OnnxSampler(path, threads=threads)
-                max_abs, rel = check_parity(student, runtime, graph, steps, precision,
-                                            config.tolerance.get(precision, 0.1), config.parity_batch)
-                inputs = example_inputs(student, graph, config.latency_batch, seed=7)
-                latency = side_by_side_ms({"onnx": lambda r=runtime, i=inputs, g=graph: _run(r, g, i),
-                                           "eager": lambda i=inputs, g=graph, k=steps: _reference(student, g, k, i)},
-                                          config.repeats)
-                fd = None if evaluation is None else _artifact_fd(evaluation, runtime, graph, steps, path.stem)
-                kernels = kernel_counts(path)
-                artifacts.append(Artifact(str(path), graph, steps, precision, path.stat().st_size, max_abs, rel,
-                                          round(latency["onnx"], 3), round(latency["eager"], 3), fd,
-                                          float_fd.get(steps), kernels["integer"], kernels["float"]))
+            for runtime, precision in ((r, p) for r in config.runtimes for p in config.precisions):
+                settings, reason = _runtime_model(student, graph, steps, fp32_path, runtime, precision, config)
+                if settings is None:
+                    skipped.append({"graph": graph, "steps": steps, "runtime": runtime, "precision": precision,
+                                    "reason": reason})
+                    _log(f"  {runtime} {precision}: skipped, {reason}")
+                    continue
+                artifacts.append(_measure(student, graph, steps, runtime, precision, settings, config, evaluation,
+                                          float_fd.get(steps), threads))
                 _log("  " + _artifact_text(artifacts[-1]))
     report = {"model": str(model), "threads": threads, "latency_batch": config.latency_batch,
-              "samples": config.samples, "artifacts": [asdict(a) for a in artifacts]}
+              "samples": config.samples, "artifacts": [asdict(a) for a in artifacts], "skipped": skipped}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report) + "\n")
     return report
+
+
+def _measure(student, graph: str, steps: int, runtime: str, precision: str, settings: dict, config: ExportConfig,
+             evaluation, float_fd: float | None, threads: int) -> Artifact:
+    """Parity (raising :class:`ParityError`), latency beside eager PyTorch at the latency batch and at batch 1 (calls
+    interleaved), FD and, for ONNX Runtime, the integer / float kernel counts of one artifact."""
+    from .runtime import OnnxSampler
+
+    path = Path(settings["path"])
+    model = OnnxSampler(threads=threads, **settings)
+    tolerance = config.tolerance.get(precision, TOLERANCE.get(precision, 0.1))
+    max_abs, rel = check_parity(student, model, graph, steps, f"{runtime} {precision}", tolerance, config.parity_batch)
+    latency = {}
+    for batch, repeats in ((config.latency_batch, config.repeats), (1, 5 * config.repeats)):
+        inputs = example_inputs(student, graph, batch, seed=7)
+        latency[batch] = side_by_side_ms({"onnx": lambda i=inputs: _run(model, graph, i),
+                                          "eager": lambda i=inputs: _reference(student, graph, steps, i)}, repeats)
+    fd = None if evaluation is None else _artifact_fd(evaluation, model, graph, steps, f"{path.stem}-{runtime}")
+    kernels = kernel_counts(path) if runtime == "onnxruntime" else {"integer": None, "float": None}
+    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    batch = config.latency_batch
+    return Artifact(str(path), graph, steps, precision, size, max_abs, rel, round(latency[batch]["onnx"], 3),
+                    round(latency[batch]["eager"], 3), fd, float_fd, kernels["integer"], kernels["float"], runtime,
+                    round(latency[1]["onnx"], 3), round(latency[1]["eager"], 3))
+
+
+def op_profile(path: str | Path, inputs: dict[str, np.ndarray], threads: int = 1, repeats: int = 5) -> list[dict]:
+    """Where an ONNX Runtime model's time goes: milliseconds per call and share of the kernel time for each operator
+    type, from ONNX Runtime's own profiler (after one warm-up call), slowest first."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(folder) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: inputs[i.name] for i in session.get_inputs()}
+        for _ in range(repeats + 1):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total, calls = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            total[event["args"]["op_name"]] += event["dur"]
+            calls[event["args"]["op_name"]] += 1
+    kernel_time = sum(total.values())
+    return [{"op": op, "ms": round(us / 1000 / (repeats + 1), 3), "share": round(us / kernel_time, 4),
+             "nodes": calls[op] // (repeats + 1)} for op, us in total.most_common()]
 
 
 @dataclass
@@ -238,26 +331,40 @@ class Artifact:
     eager_latency_ms: float
     fd: float | None
     float_fd: float | None
-    integer_ops: int  # convolutions and matrix products run as integer kernels after ORT's optimisations
-    float_ops: int  # ... and in float
+    integer_ops: int | None  # convolutions and matrix products with weights run as integer kernels after ORT's
+    float_ops: int | None  # optimisations, and in float (None: another runtime)
+    runtime: str = "onnxruntime"
+    latency_b1_ms: float | None = None  # one sample per call
+    eager_latency_b1_ms: float | None = None
 
 
 def _artifact_text(a: Artifact) -> str:
     fd = "" if a.fd is None else f", FD {a.fd:.4g} (float {a.float_fd:.4g})"
-    return (f"{Path(a.path).name}: {a.bytes / 1e6:.2f} MB, rel err {a.rel_err:.2g}, {a.latency_ms:.1f} ms vs eager "
-            f"{a.eager_latency_ms:.1f} ms{fd}, {a.integer_ops} integer / {a.float_ops} float conv+matmul")
+    kernels = "" if a.integer_ops is None else f", {a.integer_ops} integer / {a.float_ops} float conv+matmul"
+    return (f"{Path(a.path).name} ({a.runtime}): {a.bytes / 1e6:.2f} MB, rel err {a.rel_err:.2g}, "
+            f"{a.latency_ms:.1f} ms vs eager {a.eager_latency_ms:.1f} ms, batch 1 {a.latency_b1_ms:.2f} vs "
+            f"{a.eager_latency_b1_ms:.2f} ms{fd}{kernels}")
 
 
 def markdown(report: dict) -> str:
-    header = ("| artifact | graph | steps | precision | MB | max abs err | rel err | ms | eager ms | FD | float FD | "
-              "int / float ops |")
-    lines = [f"Batch {report['latency_batch']}, {report['threads']} thread(s); FD over {report['samples']} samples; "
-             "int / float ops: convolutions and matrix products as integer or float kernels after ONNX Runtime's "
-             "optimisations.", "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    batch = report["latency_batch"]
+    header = (f"| artifact | runtime | graph | steps | precision | MB | rel err | ms (batch {batch}) | eager ms | "
+              "ms (batch 1) | eager ms | FD | float FD | int / float ops |")
+    lines = [f"{report['threads']} thread(s); FD over {report['samples']} samples; int / float ops: convolutions and "
+             "matrix products with weights as integer or float kernels after ONNX Runtime's optimisations.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+
+    def cell(value, form):
+        return "–" if value is None else format(value, form)
+
     for a in report["artifacts"]:
-        fd = "–" if a["fd"] is None else f"{a['fd']:.4g}"
-        float_fd = "–" if a["float_fd"] is None else f"{a['float_fd']:.4g}"
-        lines.append(f"| {Path(a['path']).name} | {a['graph']} | {a['steps']} | {a['precision']} | "
-                     f"{a['bytes'] / 1e6:.2f} | {a['max_abs_err']:.2g} | {a['rel_err']:.2g} | {a['latency_ms']:.1f} | "
-                     f"{a['eager_latency_ms']:.1f} | {fd} | {float_fd} | {a['integer_ops']} / {a['float_ops']} |")
+        ops = "–" if a.get("integer_ops") is None else f"{a['integer_ops']} / {a['float_ops']}"
+        lines.append(f"| {Path(a['path']).name} | {a.get('runtime', 'onnxruntime')} | {a['graph']} | {a['steps']} | "
+                     f"{a['precision']} | {a['bytes'] / 1e6:.2f} | {a['rel_err']:.2g} | {a['latency_ms']:.1f} | "
+                     f"{a['eager_latency_ms']:.1f} | {cell(a.get('latency_b1_ms'), '.2f')} | "
+                     f"{cell(a.get('eager_latency_b1_ms'), '.2f')} | {cell(a['fd'], '.4g')} | "
+                     f"{cell(a['float_fd'], '.4g')} | {ops} |")
+    for row in report.get("skipped", []):
+        lines.append(f"\n{row['runtime']} {row['precision']} ({row['graph']}, {row['steps']} steps) not written: "
+                     f"{row['reason']}.")
     return "\n".join(lines)

@@ -1,10 +1,13 @@
-"""Run an exported flow-map student with ONNX Runtime: numpy and onnxruntime only (no torch), for edge devices.
+"""Run an exported flow-map student with ONNX Runtime or OpenVINO: numpy and the runtime only (no torch), for edge
+devices.
 
     from exporters.runtime import OnnxSampler
     sampler = OnnxSampler("student-2step-int8.onnx")          # providers: the best present, or providers=[...]
     images = sampler.sample(16, seed=0, class_labels=[7] * 16)   # [16, 1, 16, 16] float32, data space
+    OnnxSampler("student-2step-fp32.onnx", backend="openvino")  # the same file in OpenVINO (or an NNCF int8 .xml)
 
 The model's metadata (written by ``exporters.onnx``) says what it is: graph kind, time grid, sample shape, classes.
+One class per backend (:data:`BACKENDS`) opens a model and runs it on named numpy inputs; everything else is shared.
 """
 
 from __future__ import annotations
@@ -68,24 +71,100 @@ def open_session(path: Path, providers: list[str] | str | None = None, threads: 
                          "`distill export`") from error
 
 
+class OnnxRuntimeModel:
+    """A model in an ONNX Runtime session (``providers``: see :func:`choose_providers`)."""
+
+    def __init__(self, path: Path, providers: list[str] | str | None = None, threads: int | None = None,
+                 inference_precision: str | None = None):
+        if inference_precision not in (None, "fp32"):
+            raise ValueError(f"onnxruntime runs a model in the precision it was saved in; inference_precision="
+                             f"{inference_precision!r} is an openvino setting")
+        self.session = open_session(path, providers, threads)
+        self.metadata_strings = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.providers = self.session.get_providers()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feeds)[0]
+
+
+class OpenVinoModel:
+    """A model (the same ``.onnx``, or an OpenVINO IR ``.xml`` from ``exporters.quantize.quantize_openvino``)
+    compiled by OpenVINO for ``device``; ``inference_precision``: ``fp32`` (strict, the default) or ``bf16`` (where
+    the CPU has bf16 instructions)."""
+
+    PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+    def __init__(self, path: Path, providers: list[str] | str | None = None, threads: int | None = None,
+                 inference_precision: str | None = None, device: str = "CPU"):
+        try:
+            import openvino
+        except ImportError as error:
+            raise ValueError("the openvino backend needs OpenVINO: pip install 'distill[openvino]' (or use "
+                             "backend='onnxruntime')") from error
+        if not path.is_file():
+            raise FileNotFoundError(f"no model at {path}")
+        precision = inference_precision or "fp32"
+        if precision not in self.PRECISION_HINTS:
+            raise ValueError(f"unknown inference_precision {precision!r}; use one of {', '.join(self.PRECISION_HINTS)}")
+        core = openvino.Core()
+        if precision == "bf16" and "BF16" not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
+            raise ValueError(f"this {device} has no bf16 instructions, so OpenVINO would run bf16 in float32; use "
+                             "inference_precision='fp32'")
+        try:
+            model = core.read_model(str(path))
+        except Exception as error:  # openvino raises its own exception types
+            raise ValueError(f"{path} is not a model OpenVINO can read ({str(error).splitlines()[0]}); re-export it "
+                             "with `distill export`") from error
+        framework = model.get_rt_info()["framework"] if model.has_rt_info(["framework"]) else {}  # ONNX metadata_props
+        self.metadata_strings = {key: value.astype(str) for key, value in framework.items()}
+        self.input_names = [i.get_any_name() for i in model.inputs]
+        settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.PRECISION_HINTS[precision]}
+        if threads:
+            settings["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, device, settings)
+        self.providers = [f"OpenVINO {device} ({precision})"]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.compiled(feeds)[self.compiled.output(0)]
+
+
+BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel}
+
+
+def open_model(path: str | Path, backend: str | None = None, providers: list[str] | str | None = None,
+               threads: int | None = None, inference_precision: str | None = None):
+    """``path`` opened by ``backend`` (default: openvino for an IR ``.xml``, else onnxruntime)."""
+    path = Path(path)
+    backend = backend or ("openvino" if path.suffix == ".xml" else "onnxruntime")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown runtime {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and path.suffix == ".xml":
+        raise ValueError(f"{path} is an OpenVINO IR model; run it with backend='openvino' (--runtime openvino)")
+    return BACKENDS[backend](path, providers, threads, inference_precision)
+
+
 class OnnxSampler:
-    """An exported sampler (or jump) graph in an ONNX Runtime session.
+    """An exported sampler (or jump) graph in a runtime.
 
     Args:
-        path: the ``.onnx`` file.
-        providers: execution providers (see :func:`choose_providers`).
-        threads: intra-op threads (None: onnxruntime's default).
+        path: the ``.onnx`` file (or an OpenVINO ``.xml``).
+        providers: ONNX Runtime execution providers (see :func:`choose_providers`).
+        threads: intra-op threads (None: the runtime's default).
+        backend: one of :data:`BACKENDS` (default: by the file's suffix).
+        inference_precision: OpenVINO only: ``fp32`` or ``bf16``.
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | str | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, providers: list[str] | str | None = None, threads: int | None = None,
+                 backend: str | None = None, inference_precision: str | None = None):
         path = Path(path)
-        self.session = open_session(path, providers, threads)
-        raw = self.session.get_modelmeta().custom_metadata_map
+        self.model = open_model(path, backend, providers, threads, inference_precision)
+        raw = self.model.metadata_strings
         if "graph" not in raw:
             raise ValueError(f"{path} carries no flow-map metadata; export it with `distill export`")
         self.metadata = {key: json.loads(value) for key, value in raw.items()}
         self.path = path
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_names = self.model.input_names
 
     @property
     def graph(self) -> str:
@@ -97,7 +176,7 @@ class OnnxSampler:
 
     @property
     def providers(self) -> list[str]:
-        return self.session.get_providers()
+        return self.model.providers
 
     def _feeds(self, arrays: dict[str, np.ndarray], class_labels, guidance=None,
                encoder_hidden_states=None) -> dict[str, np.ndarray]:
@@ -132,7 +211,7 @@ class OnnxSampler:
         scale ``w`` (a number or [B]) of a guidance-distilled student (default: the one it was exported with)."""
         if self.graph != "sampler":
             raise ValueError(f"{self.path} is a {self.graph} graph; call .jump(x, t, s) or export a sampler")
-        return self.session.run(None, self._feeds({"noise": noise}, class_labels, guidance))[0]
+        return self.model.run(self._feeds({"noise": noise}, class_labels, guidance))
 
     def jump(self, x: np.ndarray, t, s, class_labels=None, guidance=None, encoder_hidden_states=None) -> np.ndarray:
         """The jump graph: ``X(x, t, s)`` for canonical ``t >= s`` (numbers or [B])."""
@@ -141,8 +220,7 @@ class OnnxSampler:
         batch = len(x)
         t = np.broadcast_to(np.asarray(t, dtype=np.float32), (batch,))
         s = np.broadcast_to(np.asarray(s, dtype=np.float32), (batch,))
-        feeds = self._feeds({"x": x, "t": t, "s": s}, class_labels, guidance, encoder_hidden_states)
-        return self.session.run(None, feeds)[0]
+        return self.model.run(self._feeds({"x": x, "t": t, "s": s}, class_labels, guidance, encoder_hidden_states))
 
     def generate(self, noise: np.ndarray, class_labels=None, steps: int = 1, guidance=None,
                  encoder_hidden_states=None) -> np.ndarray:

@@ -130,6 +130,22 @@ def test_uint8_activations_run_every_convolution_as_an_integer_kernel(exported, 
         assert counts["float"] == 0, counts
 
 
+def test_a_k_step_sampler_stores_the_weights_once(exported, tmp_path):
+    """Each step of a sampler calls the same network: its graph holds one copy of the weights (the exporter's folded
+    per-call constants included), however many steps it bakes."""
+    import onnx
+    from onnx import numpy_helper
+
+    student = exported["unet", "sampler"][0]
+    weights = sum(p.numel() * p.element_size() for p in student.parameters())
+    for steps in (1, 3):
+        export_onnx(student, tmp_path / f"{steps}.onnx", OnnxExportConfig(steps=steps))
+        graph = onnx.load(str(tmp_path / f"{steps}.onnx")).graph
+        stored = sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
+        assert stored < 1.02 * weights, (steps, stored, weights)
+    assert parity(student, OnnxSampler(tmp_path / "3.onnx"), "sampler", steps=3, batch=3)[1] < 1e-5
+
+
 def test_int8_sampler_keeps_error_amplifying_steps_in_float(tmp_path):
     """An epsilon network's first jump from t_max multiplies its output error by ~(t - s) / (1 - t): that step runs
     on a float copy of the network, the others are quantised (QDQ nodes present), and the result is far closer to
@@ -211,7 +227,8 @@ def test_export_command_writes_models_and_report(tmp_path, capsys):
     fp32_jump, int8_jump = report["artifacts"][2:]
     assert fp32_jump["integer_ops"] == 0 < fp32_jump["float_ops"]
     assert int8_jump["integer_ops"] > 0 and int8_jump["float_ops"] < fp32_jump["float_ops"]
-    assert (out / "report.md").read_text().startswith("Batch 4")
+    assert "| ms (batch 4) |" in (out / "report.md").read_text()
+    assert all(a["latency_b1_ms"] > 0 and a["runtime"] == "onnxruntime" for a in report["artifacts"])
     assert main(["sample", report["artifacts"][0]["path"], "--n", "4", "--out", str(tmp_path / "s.npz"),
                  "--json"]) == 0
     sampled = json.loads(capsys.readouterr().out)
@@ -235,3 +252,48 @@ def test_torchao_int8_round_trip(tmp_path):
         assert torch.equal(reloaded(x, t, s), got)
     with pytest.raises(ValueError, match="unknown torchao mode"):
         TorchaoConfig(mode="int3")
+
+
+def test_openvino_runs_the_same_onnx_and_its_nncf_int8(exported, tmp_path):
+    """OpenVINO reads the exported file itself (metadata included) and matches PyTorch in fp32; NNCF's int8 IR, from
+    the same calibration inputs as ONNX Runtime's, stays within int8's tolerance on a well-conditioned UNet."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from exporters.quantize import quantize_openvino
+
+    student, path = exported["unet-preconditioned", "sampler"]
+    runtime = OnnxSampler(path, backend="openvino")
+    assert runtime.metadata == read_metadata(path) and runtime.providers[0].startswith("OpenVINO")
+    assert parity(student, runtime, "sampler", steps=2, batch=5)[1] < 1e-5
+    xml = quantize_openvino(path, tmp_path / "int8.openvino.xml", calibration_feeds("unet"))
+    quantized = OnnxSampler(xml)  # an IR file opens in OpenVINO by its suffix
+    assert quantized.metadata["precision"] == "int8" and xml.with_suffix(".bin").is_file()
+    assert 0 < parity(student, quantized, "sampler", steps=2, batch=64)[1] < 0.25  # int8 tolerance (random weights)
+
+
+def test_a_missing_runtime_is_a_one_line_error(exported, monkeypatch):
+    path = exported["mlp", "sampler"][1]
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'distill\[openvino\]'"):
+        OnnxSampler(path, backend="openvino")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        OnnxSampler(path, backend="tensorrt")
+    with pytest.raises(ValueError, match="inference_precision"):
+        OnnxSampler(path, inference_precision="bf16")  # an openvino setting
+
+
+def test_the_report_says_why_a_precision_is_not_written_here(tmp_path, monkeypatch):
+    """On an x86 CPU provider fp16 would only be slower: the report names the reason instead of shipping it."""
+    import platform
+
+    from exporters.report import ExportConfig, export_student
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    student = unet_student(PreconditionedFlowMap)
+    student.save_pretrained(tmp_path / "student")
+    report = export_student(tmp_path / "student", tmp_path / "export",
+                            ExportConfig(steps=(1,), precisions=("fp32", "fp16"), samples=0, latency_batch=4,
+                                         repeats=2, exporter="torchscript"))
+    assert [a["precision"] for a in report["artifacts"]] == ["fp32"]
+    assert report["skipped"][0]["precision"] == "fp16" and "no fp16 kernels" in report["skipped"][0]["reason"]
+    assert "fp16" in (tmp_path / "export" / "report.md").read_text()

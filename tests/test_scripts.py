@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -83,11 +84,17 @@ def test_bench_export_reports_every_precision(tmp_path):
 
     build_student(distill.load_teacher("mnist-flow"), StudentConfig(), "mnist-flow").save_pretrained(
         tmp_path / "student")
+    runtimes = ["onnxruntime"] + ["openvino"] * bool(importlib.util.find_spec("openvino"))
     out = run_script("bench_export.py", "--student", str(tmp_path / "student"), "--steps", "1", "--precisions",
-                     "fp32,int8", "--samples", "20", "--batch", "4", "--out", "export", "--json", cwd=tmp_path)
-    ratios = json.loads(out)["ratios"]
-    assert {(r["steps"], r["precision"]) for r in ratios} == {(1, "fp32"), (1, "int8")}
+                     "fp32,int8", "--runtimes", ",".join(runtimes), "--samples", "20", "--batch", "4", "--out",
+                     "export", "--peak", "--peak-size", "128", "--json", cwd=tmp_path)
+    result = json.loads(out)
+    ratios = result["ratios"]
+    assert {(r["runtime"], r["precision"]) for r in ratios} == {(r, p) for r in runtimes for p in ("fp32", "int8")}
     assert all(r["size_vs_fp32"] > 0 and r["fd_vs_float"] is not None for r in ratios)
+    profile = result["profile"]["int8"]
+    assert abs(sum(row["share"] for row in profile) - 1) < 0.01 and any(row["op"] == "QLinearConv" for row in profile)
+    assert result["peak"]["int8_matmul"] > 0 and result["peak"]["bf16_matmul"] > 0
 
 
 def test_bundle_reference_writes_the_teacher_samples(tmp_path):
