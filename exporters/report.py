@@ -364,7 +364,12 @@ def markdown(report: dict) -> str:
                      f"{a['eager_latency_ms']:.1f} | {cell(a.get('latency_b1_ms'), '.2f')} | "
                      f"{cell(a.get('eager_latency_b1_ms'), '.2f')} | {cell(a['fd'], '.4g')} | "
                      f"{cell(a['float_fd'], '.4g')} | {ops} |")
+    reasons = {}  # one line per (runtime, precision) not written, with the graphs it concerns
     for row in report.get("skipped", []):
-        lines.append(f"\n{row['runtime']} {row['precision']} ({row['graph']}, {row['steps']} steps) not written: "
-                     f"{row['reason']}.")
+        reasons.setdefault((row["runtime"], row["precision"], row["reason"]), []).append(
+            f"{row['steps']}-step {row['graph']}" if row["graph"] == "sampler" else row["graph"])
+    if reasons:
+        lines.append("")
+    for (runtime, precision, reason), graphs in reasons.items():
+        lines.append(f"- {runtime} {precision} not written ({', '.join(graphs)}): {reason}.")
     return "\n".join(lines)

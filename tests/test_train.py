@@ -147,3 +147,17 @@ def test_a_second_training_in_one_process_may_change_precision():
     assert Accelerator(mixed_precision="bf16").mixed_precision == "bf16"
     release_other_precision("no")
     assert Accelerator(mixed_precision="no").mixed_precision == "no"
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_bf16(monkeypatch):
+    """Emulated bf16 is an order of magnitude slower than float32: on a CPU without bf16 instructions the loop trains
+    in float32 and says so; where the CPU has them (or on a GPU), the config's precision is kept."""
+    from distill.train import supported_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no bf16 instructions"):
+        assert supported_precision("bf16") == "no"
+    assert supported_precision("no") == "no"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert supported_precision("bf16") == "bf16"
