@@ -214,7 +214,8 @@ def print_tables(result: dict) -> None:
         print(f"\nwhere ONNX Runtime's {precision} sampler spends its kernel time (batch {batch}): {top}")
     if "peak" in result:
         peak = result["peak"]
-        print(f"\nthis CPU, {threads} thread(s): int8 / fp32 speed {peak['int8_matmul']:.2f}x on a {peak.get('size', 1024)}^3 "
+        size = peak.get("size", 1024)
+        print(f"\nthis CPU, {threads} thread(s): int8 / fp32 speed {peak['int8_matmul']:.2f}x on a {size}^3 "
               f"matrix product (ONNX Runtime QLinearMatMul / MatMul), {peak['int8_conv']:.2f}x on the UNet's widest "
               f"3x3 convolution (QLinearConv / Conv); bf16 / fp32 {peak['bf16_matmul']:.3g}x (PyTorch matmul)")
     for r in result.get("torchao", []):
